@@ -1,0 +1,3 @@
+"""difftop: differentiable trajectory optimization as the policy class (DiffTOP)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""The ``difftop`` command line.
+
+Usage::
+
+    difftop <command words> [Hydra overrides and flags]
+    difftop bench trajopt key=value ...        # one run
+    difftop bench trajopt --cfg job            # print the composed config, run nothing
+    difftop bench trajopt --help               # the command's config and Hydra help
+    difftop bench trajopt -m key=1,2           # multirun: one job per value
+
+Every command is a Hydra app. :data:`COMMANDS` maps the command words to the Hydra config
+name (relative to ``difftop/configs``) and a ``"module.path:function"`` target. The target is
+imported only when the command runs, so ``difftop --help`` stays fast and each command imports
+only its own dependencies. The target takes the composed ``DictConfig`` and returns an int exit
+code (or ``None`` for success).
+
+To add a command, add one entry to :data:`COMMANDS` (and optionally a line to :data:`HELP`),
+and write ``difftop/configs/<config name>.yaml`` starting with::
+
+    defaults:
+      - _hydra      # shared Hydra settings: no chdir, no outputs/ dir (see configs/_hydra.yaml)
+      - _self_
+
+Errors in user input should be raised as :class:`UserError`; they come out as one line
+``error: <message>`` on stderr and exit code 2 (set ``HYDRA_FULL_ERROR=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: Directory holding the Hydra configs of all commands (tests may point it elsewhere).
+CONFIG_DIR: Path = Path(__file__).resolve().parent / "configs"
+
+#: command words -> (Hydra config name relative to CONFIG_DIR, "module.path:function")
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("bench", "trajopt"): ("bench_trajopt", "difftop.bench.trajopt:main"),
+}
+
+#: Optional one-line descriptions shown by ``difftop --help``.
+HELP: dict[tuple[str, ...], str] = {
+    ("bench", "trajopt"): "benchmark the differentiable trajectory-optimization layer",
+}
+
+EXIT_USAGE = 2
+
+
+class UserError(ValueError):
+    """A mistake in the user's input (a bad key or value); reported without a traceback."""
+
+
+def _name(cmd: Sequence[str]) -> str:
+    return " ".join(cmd)
+
+
+def _usage() -> str:
+    cmds = sorted(COMMANDS)
+    width = max((len(_name(c)) for c in cmds), default=0)
+    lines = [
+        "usage: difftop <command> [key=value ...] [Hydra flags: --cfg job, --help, -m/--multirun]",
+        "",
+        "commands:",
+    ]
+    for c in cmds:
+        lines.append(f"  {_name(c):<{width}}  {HELP.get(c, '')}".rstrip())
+    lines += [
+        "",
+        "Each command is a Hydra app: `difftop <command> key=value` overrides its config,",
+        "`--cfg job` prints the composed config, `--help` shows it, `-m key=a,b` runs a sweep.",
+    ]
+    return "\n".join(lines)
+
+
+def _valid_commands() -> str:
+    return ", ".join(_name(c) for c in sorted(COMMANDS))
+
+
+def _split_command(argv: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Split ``argv`` into the leading command words and the rest (Hydra's arguments)."""
+    n = 0
+    while n < len(argv) and not argv[n].startswith("-") and "=" not in argv[n]:
+        n += 1
+    return tuple(argv[:n]), list(argv[n:])
+
+
+def _load_target(target: str) -> Callable[[Any], Any]:
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _as_exit_code(rc: Any) -> int:
+    if rc is None or isinstance(rc, bool):
+        return 0 if not rc else 1
+    if isinstance(rc, int):
+        return rc
+    return 0  # a command may return e.g. a dict of results: success
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def run_command(cmd: tuple[str, ...], args: Sequence[str]) -> int:
+    """Run the registered command ``cmd`` as a Hydra app with the arguments ``args``."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_name, target = COMMANDS[cmd]
+    codes: list[int] = []
+
+    def task(cfg: Any) -> Any:
+        fn = _load_target(target)
+        try:
+            rc = fn(cfg)
+        except UserError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            codes.append(EXIT_USAGE)
+            return None
+        codes.append(_as_exit_code(rc))
+        return rc
+
+    # Hydra names the job after the last component of the task function's module.
+    task.__module__ = f"difftop.cli.{config_name}"
+    app = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base=None)(task)
+
+    saved_argv = sys.argv
+    # Hydra parses sys.argv[1:]; argv[0] (no slash) becomes the program name in its usage text.
+    sys.argv = [f"difftop {_name(cmd)}", *args]
+    try:
+        app()
+        code = 0
+    except SystemExit as e:  # Hydra reports composition errors, argparse errors this way
+        code = _system_exit_code(e)
+    finally:
+        sys.argv = saved_argv
+        GlobalHydra.instance().clear()
+    if code == 0:
+        code = next((c for c in codes if c != 0), 0)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``difftop`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(_usage())
+        return EXIT_USAGE
+    if argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from difftop import __version__
+
+        print(f"difftop {__version__}")
+        return 0
+
+    words, rest = _split_command(argv)
+    # the longest registered command that the leading words start with
+    for n in range(len(words), 0, -1):
+        if words[:n] in COMMANDS:
+            cmd = words[:n]
+            try:
+                return run_command(cmd, [*words[n:], *rest])
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                return 130
+
+    sub = [c for c in sorted(COMMANDS) if words and c[: len(words)] == words]
+    if sub and (not rest or rest[0] in ("-h", "--help")):
+        msg = f"difftop {_name(words)}: choose one of: {', '.join(_name(c) for c in sub)}"
+        if rest:  # asked for help
+            print(msg)
+            return 0
+        print(msg, file=sys.stderr)
+        return EXIT_USAGE
+    what = _name(words) if words else argv[0]
+    print(f"difftop: unknown command '{what}'; valid commands: {_valid_commands()}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

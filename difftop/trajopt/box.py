@@ -1,0 +1,40 @@
+"""Box constraints low <= x <= high on flattened actions.
+
+Bounds are handled by projection and an active set, never by clamping inside the
+objective (a clamp there zeroes gradients at the bounds and hides the optimum).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Box:
+    """Bounds broadcast to the flattened (B, n) actions; low/high may be scalars or tensors."""
+
+    def __init__(self, low, high, shape: torch.Size, dtype: torch.dtype, device: torch.device):
+        B = shape[0]
+        low = torch.as_tensor(low, dtype=dtype, device=device)
+        high = torch.as_tensor(high, dtype=dtype, device=device)
+        # Accept bounds shaped like the actions (B,H,m), like one step (m,), or scalars.
+        self.low = torch.broadcast_to(low, shape).reshape(B, -1)
+        self.high = torch.broadcast_to(high, shape).reshape(B, -1)
+        if torch.isnan(self.low).any() or torch.isnan(self.high).any():
+            raise ValueError("trajopt: bounds contain NaN")
+        if (self.low > self.high).any():
+            raise ValueError("trajopt: some lower bound is above its upper bound")
+        self.width = (self.high - self.low).clamp(max=1e6)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.clamp with tensor bounds keeps the gradient of x for interior entries (needed for unrolling)
+        return torch.maximum(torch.minimum(x, self.high), self.low)
+
+    def fixed_mask(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Variables held at a bound with the (ascent) gradient pushing outward: constants of the problem."""
+        at_low = x <= self.low
+        at_high = x >= self.high
+        return (at_low & (g <= 0)) | (at_high & (g >= 0))
+
+    def projected_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Gradient with outward components at active bounds removed; zero at a KKT point."""
+        return torch.where(self.fixed_mask(x, g), torch.zeros_like(g), g)

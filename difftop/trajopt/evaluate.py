@@ -1,0 +1,106 @@
+"""Batched evaluation of an objective and its derivatives with respect to the actions.
+
+The objective maps actions (B, H, m) to (B,) values. Because samples are independent,
+the gradient of J.sum() is the per-sample gradient, and a Hessian-vector product of the
+summed gradient is the per-sample product: one autograd call serves the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Objective = Callable[[Tensor], Tensor]
+
+
+class Problem:
+    """Wraps a user objective on flattened (B, n) variables."""
+
+    def __init__(self, objective: Objective, shape: torch.Size):
+        self.objective = objective
+        self.shape = shape  # (B, H, m)
+        self.batch = shape[0]
+        self.n = shape[1] * shape[2]
+        self._eye = None
+
+    def _call(self, x: Tensor) -> Tensor:
+        J = self.objective(x.reshape(self.shape))
+        if J.shape != (self.batch,):
+            if J.numel() == self.batch:
+                J = J.reshape(self.batch)
+            else:
+                raise ValueError(
+                    f"trajopt: objective must return shape ({self.batch},), got {tuple(J.shape)}"
+                )
+        return J
+
+    @staticmethod
+    def _leaf(x: Tensor, create_graph: bool) -> Tensor:
+        # In graph mode x may carry a graph to the parameters (unrolling); keep it.
+        if create_graph and x.requires_grad:
+            return x
+        return x.detach().requires_grad_(True)
+
+    def value(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self._call(x)
+
+    def value_grad(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            xl = self._leaf(x, create_graph)
+            J = self._call(xl)
+            if not J.requires_grad:  # objective constant in the actions
+                g = torch.zeros_like(xl)
+            else:
+                (g,) = torch.autograd.grad(J.sum(), xl, create_graph=create_graph, allow_unused=True)
+                if g is None:
+                    g = torch.zeros_like(xl)
+        if not create_graph:
+            J, g = J.detach(), g.detach()
+        return J, g
+
+    def value_grad_hess(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Value, gradient and dense (B, n, n) Hessian (n batched Hessian-vector products)."""
+        with torch.enable_grad():
+            xl = self._leaf(x, create_graph)
+            J = self._call(xl)
+            if not J.requires_grad:
+                z = torch.zeros_like(xl)
+                return J.detach(), z, z.new_zeros(self.batch, self.n, self.n)
+            (g,) = torch.autograd.grad(J.sum(), xl, create_graph=True, allow_unused=True)
+            if g is None or not g.requires_grad:  # linear (or constant) in the actions
+                g = torch.zeros_like(xl) if g is None else g
+                H = xl.new_zeros(self.batch, self.n, self.n)
+            else:
+                H = self._hessian_rows(g, xl, create_graph)
+        if not create_graph:
+            J, g, H = J.detach(), g.detach(), H.detach()
+        H = 0.5 * (H + H.transpose(1, 2))
+        return J, g, H
+
+    def _hessian_rows(self, g: Tensor, xl: Tensor, create_graph: bool) -> Tensor:
+        if self._eye is None or self._eye.dtype != g.dtype or self._eye.device != g.device:
+            eye = torch.eye(self.n, dtype=g.dtype, device=g.device)
+            self._eye = eye.unsqueeze(1).expand(self.n, self.batch, self.n)
+        (Hr,) = torch.autograd.grad(
+            g, xl, grad_outputs=self._eye, is_grads_batched=True, create_graph=create_graph,
+            retain_graph=True, allow_unused=True,
+        )
+        if Hr is None:
+            return xl.new_zeros(self.batch, self.n, self.n)
+        return Hr.permute(1, 0, 2)
+
+    def grad_graph(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(J, g, x_leaf) at fixed actions x with g's graph kept: g depends on the objective's
+        parameters (for the implicit backward) and on x_leaf (for Hessian-vector products)."""
+        with torch.enable_grad():
+            xl = x.detach().requires_grad_(True)
+            J = self._call(xl)
+            if not J.requires_grad:
+                return J, torch.zeros_like(xl), xl
+            (g,) = torch.autograd.grad(J.sum(), xl, create_graph=True, allow_unused=True)
+            if g is None:
+                g = torch.zeros_like(xl)
+        return J, g, xl

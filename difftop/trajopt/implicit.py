@@ -1,0 +1,140 @@
+"""Implicit-function-theorem backward pass at the solution of the trajectory optimization.
+
+At a solution a* the projected gradient vanishes on the free variables F:
+g_F(a*, theta) = 0, so  d a*_F / d theta = -H_FF^{-1} d g_F / d theta  and variables held
+at a bound have derivative 0. For an incoming gradient v = dL/da*, the loss gradient is
+w^T d g / d theta with w = (-H_FF)^{-1} v_F. We therefore return an output that equals a*
+in value and whose backward sends w into the graph of g = grad_a J(a*, theta): autograd
+then carries it to every tensor J closes over (latent state, network parameters).
+
+-H_FF is positive definite at a strict maximum. Where it is not (saddle, flat objective
+with zero-initialised heads), the system is damped and the sample flagged IMPLICIT_DAMPED:
+dense mode flips and floors eigenvalues; conjugate-gradient mode detects non-positive
+curvature and restarts that sample with a shift. The shift `fallback` makes a flat problem
+give the gradient of one unit gradient step (first-order fallback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .info import IMPLICIT_DAMPED
+from .solvers.first_order import LBFGS
+from .solvers.second_order import restrict
+
+
+class _ImplicitGrad(torch.autograd.Function):
+    """Identity on a* in value; in backward, v -> w = solve(v) sent to g."""
+
+    @staticmethod
+    def forward(ctx, x_star: Tensor, g: Tensor, solve: Callable[[Tensor], Tensor]):
+        ctx.solve = solve
+        return x_star.clone()
+
+    @staticmethod
+    def backward(ctx, v: Tensor):
+        return None, ctx.solve(v), None
+
+
+def dense_solver(H: Tensor, fixed: Tensor, floor: float, fallback: float, status: Tensor):
+    """Eigendecomposition of -H_FF once in forward; returns the backward solve."""
+    A = restrict(H.detach(), fixed)
+    evals, V = torch.linalg.eigh(A)
+    scale = evals.abs().amax(-1, keepdim=True)
+    lo = (floor * scale).clamp(min=torch.finfo(A.dtype).eps)
+    ok = evals >= lo
+    mu = torch.where(ok, evals, torch.maximum(evals.abs(), torch.maximum(lo, torch.full_like(lo, fallback))))
+    damped = ~ok.all(-1)
+    status |= torch.where(damped, IMPLICIT_DAMPED, 0)
+    free = (~fixed).to(H.dtype)
+
+    def solve(v: Tensor) -> Tensor:
+        vf = v * free
+        w = V @ ((V.transpose(-1, -2) @ vf.unsqueeze(-1)) / mu.unsqueeze(-1))
+        return w.squeeze(-1) * free
+
+    return solve
+
+
+def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, tol: float, max_iters: int,
+              fallback: float, status: Tensor):
+    """Preconditioned conjugate gradients on Hessian-vector products, run lazily in backward.
+
+    The L-BFGS pairs of the forward solve (when there are some) precondition the system, so
+    a few products usually suffice; flags for damped samples are written into `status`
+    (the info returned by the forward) when backward runs.
+    """
+    free = (~fixed).to(g.dtype)
+
+    def hvp(p: Tensor) -> Tensor:
+        if not g.requires_grad:
+            return torch.zeros_like(p)
+        (Hp,) = torch.autograd.grad(g, x_leaf, grad_outputs=p, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(p) if Hp is None else Hp
+
+    def precond(r: Tensor) -> Tensor:
+        if memory is None:
+            return r
+        return LBFGS.apply_inverse(memory, r) * free
+
+    def solve(v: Tensor) -> Tensor:
+        with torch.no_grad():
+            b = (v * free).detach()
+            B = b.shape[0]
+            lam = torch.zeros(B, dtype=b.dtype, device=b.device)
+            bnorm = b.norm(dim=-1)
+
+            def A(p: Tensor) -> Tensor:
+                with torch.enable_grad():
+                    Hp = hvp(p * free)
+                return (-Hp) * free + lam.unsqueeze(-1) * p
+
+            w = torch.zeros_like(b)
+            r = b.clone()
+            z = precond(r)
+            p = z.clone()
+            rz = (r * z).sum(-1)
+            done = bnorm == 0
+            damped = torch.zeros(B, dtype=torch.bool, device=b.device)
+            for _ in range(max_iters):
+                if bool(done.all()):
+                    break
+                Ap = A(p)
+                pAp = (p * Ap).sum(-1)
+                pp = (p * p).sum(-1).clamp(min=1e-300)
+                bad = ~done & ~(pAp > 1e-12 * pp * (1.0 + lam))
+                if bool(bad.any()):
+                    # Non-positive curvature: shift this sample and restart its CG.
+                    damped |= bad
+                    lam = torch.where(bad, torch.maximum(torch.full_like(lam, fallback),
+                                                         2.0 * (pAp / pp).abs() + 2.0 * lam), lam)
+                    keep = (~bad).unsqueeze(-1)
+                    w = torch.where(keep, w, torch.zeros_like(w))
+                    r = torch.where(keep, r, b)
+                    z_new = precond(r)
+                    z = torch.where(keep, z, z_new)
+                    p = torch.where(keep, p, z_new)
+                    rz = torch.where(bad, (r * z).sum(-1), rz)
+                    Ap = A(p)
+                    pAp = (p * Ap).sum(-1)
+                step = ~done & (pAp > 0)
+                alpha = torch.where(step, rz / pAp.clamp(min=1e-300), torch.zeros_like(rz))
+                w = w + alpha.unsqueeze(-1) * p
+                r = r - alpha.unsqueeze(-1) * Ap
+                done = done | (r.norm(dim=-1) <= tol * bnorm)
+                z = precond(r)
+                rz_new = (r * z).sum(-1)
+                beta = torch.where(step, rz_new / rz.clamp(min=1e-300), torch.zeros_like(rz))
+                p = torch.where(done.unsqueeze(-1), p, z + beta.unsqueeze(-1) * p)
+                rz = rz_new
+            status.bitwise_or_(torch.where(damped, IMPLICIT_DAMPED, 0))
+            return w * free
+
+    return solve
+
+
+def implicit_output(x_star: Tensor, g: Tensor, solve) -> Tensor:
+    return _ImplicitGrad.apply(x_star.detach(), g, solve)

@@ -1,0 +1,75 @@
+"""Per-sample diagnostics returned by every solver.
+
+Why a dataclass of tensors: a training loop wants to log means and a test wants to
+index one sample; both are one attribute access away, and nothing is a Python list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+# Status codes, one per sample. Bit flags so that several events can be reported at once.
+OK = 0
+NONFINITE_INIT = 1  # objective or gradient NaN/inf at the initial actions: sample left at init
+NONFINITE_STEP = 2  # a NaN/inf appeared during the solve: sample stopped at its last finite iterate
+DAMPED = 4  # the Newton/LM system was indefinite or singular and had to be damped
+IMPLICIT_DAMPED = 8  # the Hessian at the solution was not negative definite: implicit gradient damped
+NOT_CONVERGED = 16  # reached max_iters without meeting the tolerance
+BACKWARD_FALLBACK = 32  # backward could not use the requested mode for this sample
+
+FLAG_NAMES = {
+    NONFINITE_INIT: "nonfinite_init",
+    NONFINITE_STEP: "nonfinite_step",
+    DAMPED: "damped",
+    IMPLICIT_DAMPED: "implicit_damped",
+    NOT_CONVERGED: "not_converged",
+    BACKWARD_FALLBACK: "backward_fallback",
+}
+
+
+@dataclass
+class TrajOptInfo:
+    """What happened to each of the B problems of a batch (all tensors have leading dim B)."""
+
+    iterations: torch.Tensor  # (B,) int64, iterations this sample actually took
+    converged: torch.Tensor  # (B,) bool, projected-gradient norm below tol
+    objective: torch.Tensor  # (B,) final objective value (detached)
+    grad_norm: torch.Tensor  # (B,) final projected-gradient infinity norm (detached)
+    status: torch.Tensor  # (B,) int64 bit flags, see the constants above
+    solver: str = ""
+    backward: str = ""
+
+    def flagged(self, flag: int) -> torch.Tensor:
+        """(B,) bool: samples for which `flag` was raised."""
+        return (self.status & flag) != 0
+
+    @property
+    def failed(self) -> torch.Tensor:
+        """(B,) bool: samples whose objective could not be evaluated (left at init or stopped early)."""
+        return self.flagged(NONFINITE_INIT | NONFINITE_STEP)
+
+    def describe(self, i: int) -> list[str]:
+        """Names of the flags raised for sample i."""
+        s = int(self.status[i])
+        return [name for bit, name in FLAG_NAMES.items() if s & bit]
+
+    def summary(self) -> dict[str, float]:
+        """Batch means, ready for a CSV/TensorBoard logger."""
+        out = {
+            "iterations": self.iterations.double().mean().item(),
+            "converged": self.converged.double().mean().item(),
+            "objective": self.objective.double().mean().item(),
+            "grad_norm": self.grad_norm.double().mean().item(),
+        }
+        for bit, name in FLAG_NAMES.items():
+            out[name] = ((self.status & bit) != 0).double().mean().item()
+        return out
+
+    def to(self, device) -> TrajOptInfo:
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                kw[k] = v.to(device)
+        return TrajOptInfo(**kw)

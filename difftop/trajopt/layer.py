@@ -1,0 +1,144 @@
+"""The public entry points: `optimize(objective, init, ...)` and the `TrajOpt` module.
+
+a*(theta) = argmax_{A in [low, high]^(H x m)} J_theta(A), batched over B problems, with a*
+differentiable with respect to every tensor J closes over (backward modes below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .box import Box
+from .evaluate import Problem
+from .implicit import cg_solver, dense_solver, implicit_output
+from .info import NONFINITE_INIT, NONFINITE_STEP, TrajOptInfo
+from .solvers import Solver, make_solver, run_solver
+
+BACKWARD_MODES = ("implicit", "unroll", "truncated", "none")
+
+
+class TrajOpt(nn.Module):
+    """A configured trajectory optimizer, built once and reused at every call (hot paths).
+
+    solver: "lbfgs" (default, fastest), "pgd", "newton", "lm", or "theseus" (the official
+      release's formulation, needs the optional theseus-ai install).
+    backward: "implicit" (implicit function theorem at the solution, on the free variables),
+      "unroll" (through every iteration), "truncated" (through `backward_iters` extra
+      iterations from the solution), "none" (actions are constants).
+    implicit_solver: "dense" (eigendecomposition of the Hessian at the solution; free for
+      lm/newton which end with it), "cg" (conjugate gradients on Hessian-vector products,
+      preconditioned by the L-BFGS memory; no n x n Hessian ever formed), or "auto".
+    tol: a sample has converged when its projected gradient's inf-norm <= tol * max(1, |J|).
+    """
+
+    def __init__(self, solver: str = "lbfgs", backward: str = "implicit", max_iters: int = 50,
+                 tol: float = 1e-5, backward_iters: int = 5, implicit_solver: str = "auto",
+                 implicit_fallback: float = 1.0, implicit_eig_floor: float = 1e-8,
+                 cg_tol: float | None = None, cg_max_iters: int | None = None,
+                 low: float | Tensor = -1.0, high: float | Tensor = 1.0, **solver_options):
+        super().__init__()
+        if backward not in BACKWARD_MODES:
+            raise ValueError(f"unknown trajopt backward mode {backward!r}; choose one of {list(BACKWARD_MODES)}")
+        if implicit_solver not in ("auto", "dense", "cg"):
+            raise ValueError(f"implicit_solver must be auto, dense or cg, got {implicit_solver!r}")
+        if max_iters < 0 or backward_iters < 0:
+            raise ValueError("max_iters and backward_iters must be >= 0")
+        self.solver_name = solver
+        self.backward = backward
+        self.max_iters = int(max_iters)
+        self.tol = float(tol)
+        self.backward_iters = int(backward_iters)
+        self.implicit_solver = implicit_solver
+        self.implicit_fallback = float(implicit_fallback)
+        self.implicit_eig_floor = float(implicit_eig_floor)
+        self.cg_tol = cg_tol
+        self.cg_max_iters = cg_max_iters
+        self.low, self.high = low, high
+        if solver == "theseus":
+            from .theseus_backend import TheseusSolver
+
+            self._theseus = TheseusSolver(backward=backward, backward_iters=self.backward_iters,
+                                          max_iters=self.max_iters, **solver_options)
+            self.solver: Solver | None = None
+        else:
+            self._theseus = None
+            self.solver = make_solver(solver, **solver_options)
+
+    def extra_repr(self) -> str:
+        return (f"solver={self.solver_name}, backward={self.backward}, max_iters={self.max_iters}, "
+                f"tol={self.tol}")
+
+    def forward(self, objective: Callable[[Tensor], Tensor], init: Tensor, low=None, high=None
+                ) -> tuple[Tensor, TrajOptInfo]:
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        if init.dim() != 3:
+            raise ValueError(f"trajopt: init must have shape (B, H, m), got {tuple(init.shape)}")
+        if not init.is_floating_point():
+            raise ValueError("trajopt: init must be a floating-point tensor")
+        if self._theseus is not None:
+            return self._theseus(objective, init, low=low, high=high)
+        shape = init.shape
+        B = shape[0]
+        box = Box(low, high, shape, init.dtype, init.device)
+        prob = Problem(objective, shape)
+        x0 = init.reshape(B, -1)
+        grad_on = torch.is_grad_enabled() and self.backward != "none"
+        mode = self.backward if grad_on else "none"
+        res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=self.tol,
+                         graph_iters=self.backward_iters if mode == "truncated" else 0,
+                         unroll=mode == "unroll")
+        x = res.x
+        if mode == "implicit":
+            x = self._implicit(prob, box, res)
+        elif mode == "none":
+            x = x.detach()
+        info = TrajOptInfo(iterations=res.iterations, converged=res.converged, objective=res.J.detach(),
+                           grad_norm=res.grad_norm.detach(), status=res.status, solver=self.solver_name,
+                           backward=mode)
+        return x.reshape(shape), info
+
+    def _implicit(self, prob: Problem, box: Box, res) -> Tensor:
+        x_star = res.x.detach()
+        J, g, x_leaf = prob.grad_graph(x_star)
+        if not g.requires_grad:  # nothing the objective closes over requires grad
+            return x_star
+        # Samples whose objective was not finite get no implicit gradient (all variables fixed).
+        failed = (res.status & (NONFINITE_INIT | NONFINITE_STEP)) != 0
+        fixed = box.fixed_mask(x_star, g.detach()) | failed.unsqueeze(-1)
+        n = x_star.shape[1]
+        kind = self.implicit_solver
+        if kind == "auto":
+            kind = "dense" if res.H is not None else "cg"
+        if kind == "dense":
+            H = res.H
+            if H is None:
+                _, _, H = prob.value_grad_hess(x_star)
+            solve = dense_solver(H, fixed, self.implicit_eig_floor, self.implicit_fallback, res.status)
+        else:
+            eps = torch.finfo(x_star.dtype).eps
+            tol = self.cg_tol if self.cg_tol is not None else 10 * eps ** (2 / 3)
+            max_it = self.cg_max_iters if self.cg_max_iters is not None else 2 * n
+            memory = res.extra if "S" in res.extra else None
+            solve = cg_solver(g, x_leaf, fixed, memory, tol=tol, max_iters=max_it,
+                              fallback=self.implicit_fallback, status=res.status)
+        return implicit_output(x_star, g, solve)
+
+
+def optimize(objective: Callable[[Tensor], Tensor], init: Tensor, *, low=-1.0, high=1.0,
+             solver: str = "lbfgs", backward: str = "implicit", max_iters: int = 50, tol: float = 1e-5,
+             **options) -> tuple[Tensor, TrajOptInfo]:
+    """Solve max_A objective(A) for a batch, A in [low, high]^(B, H, m), warm-started at init.
+
+    objective: maps actions (B, H, m) to (B,) values to maximise; may close over tensors that
+      require grad - gradients of a loss on the returned actions reach all of them.
+    Returns (actions (B, H, m), TrajOptInfo). Works under torch.no_grad() (then no graph).
+    Other options (backward_iters, implicit_solver, solver-specific keywords) as in TrajOpt.
+    For repeated calls in a hot loop, build a `TrajOpt` once instead.
+    """
+    layer = TrajOpt(solver=solver, backward=backward, max_iters=max_iters, tol=tol, low=low, high=high,
+                    **options)
+    return layer(objective, init)

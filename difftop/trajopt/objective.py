@@ -1,0 +1,71 @@
+"""Builders for the paper's latent trajectory objectives (eq. 4/5 for RL, eq. 7 for IL).
+
+A trajectory of T action steps a_0..a_{T-1} is scored by rolling the latent dynamics
+z_{t+1} = d(z_t, a_t) from z_0:
+  RL (terminal given):  sum_{t<T-1} gamma^t R(z_t, a_t) + gamma^{T-1} V(z_{T-1}, a_{T-1})
+  IL (no terminal):     sum_{t<T}   gamma^t f(z_t, a_t)
+so the paper's horizon H is T-1 in the RL form. Everything is batched over the B samples;
+the only Python loop is over the (short) horizon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Fn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _scalar(v: Tensor) -> Tensor:
+    return v.squeeze(-1) if v.dim() == 2 and v.shape[-1] == 1 else v
+
+
+def smooth_min(*values: Tensor, tau: float = 0.0) -> Tensor:
+    """min over values; with tau > 0 the smooth -tau * logsumexp(-v / tau).
+
+    Why: the optimum of min(Q1, Q2) often sits on the kink Q1 = Q2 where Newton-type methods
+    never converge; the smooth minimum removes the kink (and is within tau*log(k) of it).
+    """
+    v = torch.stack([_scalar(x) for x in values], 0)
+    if tau <= 0:
+        return v.min(0).values
+    return -tau * torch.logsumexp(-v / tau, 0)
+
+
+def rollout(z0: Tensor, actions: Tensor, dynamics: Fn) -> list[Tensor]:
+    """Latent states z_0..z_{T-1} visited by the actions (B, T, m) (the last action's successor is not needed)."""
+    zs = [z0]
+    for t in range(actions.shape[1] - 1):
+        zs.append(dynamics(zs[-1], actions[:, t]))
+    return zs
+
+
+def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None = None, *,
+                     gamma: float = 0.99) -> Callable[[Tensor], Tensor]:
+    """J(A) for A of shape (B, T, m): the paper's latent objective, closing over z0 and the modules.
+
+    dynamics(z, a) -> z', reward(z, a) -> (B,) or (B, 1), terminal(z, a) -> (B,) or (B, 1)
+    (e.g. a Q head; use `smooth_min` for twin heads). Gradients flow to z0 and to every
+    parameter of the three functions.
+    """
+    if z0.dim() != 2:
+        raise ValueError(f"latent_objective: z0 must be (B, latent), got {tuple(z0.shape)}")
+
+    def objective(actions: Tensor) -> Tensor:
+        if actions.shape[0] != z0.shape[0]:
+            raise ValueError(f"latent_objective: actions batch {actions.shape[0]} != z0 batch {z0.shape[0]}")
+        T = actions.shape[1]
+        zs = rollout(z0, actions, dynamics)
+        last = T - 1 if terminal is not None else T
+        total = z0.new_zeros(z0.shape[0])
+        disc = 1.0
+        for t in range(last):
+            total = total + disc * _scalar(reward(zs[t], actions[:, t]))
+            disc *= gamma
+        if terminal is not None:
+            total = total + disc * _scalar(terminal(zs[T - 1], actions[:, T - 1]))
+        return total
+
+    return objective

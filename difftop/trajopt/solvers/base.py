@@ -1,0 +1,216 @@
+"""What every solver shares: the iterate state, the per-sample loop, and a projected line search.
+
+Every solver is monotone (an iterate is accepted only if the objective does not decrease),
+so the last iterate is also the best one: the action that is executed is the action that
+is differentiated (the official release executed the best and differentiated the last).
+Decisions (accept/reject, step lengths, damping) are per sample: a sample's result never
+depends on the other samples of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from ..box import Box
+from ..evaluate import Problem
+from ..info import DAMPED, NONFINITE_INIT, NONFINITE_STEP, NOT_CONVERGED
+
+
+@dataclass
+class State:
+    x: Tensor  # (B, n) current iterate (best so far)
+    J: Tensor  # (B,)
+    g: Tensor  # (B, n) ascent gradient at x
+    H: Tensor | None = None  # (B, n, n) Hessian at x, second-order solvers only
+    extra: dict = field(default_factory=dict)  # solver memory (L-BFGS pairs, damping, ...)
+
+
+def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample select: rows of a where mask (B,), else rows of b."""
+    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def all_finite(*ts: Tensor) -> Tensor:
+    ok = None
+    for t in ts:
+        f = torch.isfinite(t).reshape(t.shape[0], -1).all(-1)
+        ok = f if ok is None else ok & f
+    return ok
+
+
+class Solver:
+    """Base class: subclasses implement `step`, returning the new state and event masks."""
+
+    name = "base"
+    needs_hessian = False
+
+    def __init__(self, max_backtracks: int = 12, armijo: float = 1e-4, max_step: float | None = None):
+        self.max_backtracks = int(max_backtracks)
+        self.armijo = float(armijo)
+        self.max_step = max_step  # cap on the inf-norm of a step; default: the box width
+
+    # --- evaluation -----------------------------------------------------------------------
+    def evaluate(self, prob: Problem, x: Tensor, create_graph: bool):
+        if self.needs_hessian:
+            return prob.value_grad_hess(x, create_graph=create_graph)
+        J, g = prob.value_grad(x, create_graph=create_graph)
+        return J, g, None
+
+    def init_state(self, prob: Problem, box: Box, x0: Tensor, create_graph: bool) -> tuple[State, Tensor]:
+        J, g, H = self.evaluate(prob, x0, create_graph)
+        ok = all_finite(J.detach(), g.detach()) if H is None else all_finite(J.detach(), g.detach(), H.detach())
+        st = State(x=x0, J=J, g=g, H=H)
+        st = self.sanitize(st, ok, x0)
+        st.extra = self.init_memory(st)
+        return st, ok
+
+    def sanitize(self, st: State, ok: Tensor, x0: Tensor) -> State:
+        """Keep NaN/inf of failed samples out of the linear algebra (a NaN matrix can make a
+        batched eigendecomposition raise for the whole batch)."""
+        if bool(ok.all()):
+            return st
+        x = where_rows(ok, st.x, x0)
+        J = torch.where(ok, st.J, torch.zeros_like(st.J))
+        g = where_rows(ok, st.g, torch.zeros_like(st.g))
+        H = st.H
+        if H is not None:
+            eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device).expand_as(H)
+            H = where_rows(ok, H, -eye)
+        return replace(st, x=x, J=J, g=g, H=H)
+
+    def init_memory(self, st: State) -> dict:
+        return {}
+
+    def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
+             force: Tensor | None = None):
+        """One iteration for the `active` samples. Returns (state, moved, stalled, nonfinite, damped).
+
+        force: samples whose first finite trial is accepted without the ascent test (the
+        differentiated iterations of backward="truncated" at an already converged solution,
+        where a monotonicity test would reject the zero-length step and cut the graph)."""
+        raise NotImplementedError
+
+    # --- helpers --------------------------------------------------------------------------
+    def cap_step(self, d: Tensor, box: Box) -> Tensor:
+        cap = box.width.amax(-1) if self.max_step is None else torch.full_like(d[:, 0], self.max_step)
+        cap = cap.clamp(min=1e-12)
+        norm = d.detach().abs().amax(-1)
+        scale = torch.where(norm > cap, cap / norm.clamp(min=1e-30), torch.ones_like(norm))
+        return d * scale.unsqueeze(-1)
+
+    def line_search(self, prob: Problem, box: Box, st: State, d: Tensor, alpha0: Tensor, active: Tensor,
+                    create_graph: bool, force: Tensor | None = None):
+        """Projected backtracking (Armijo along the projection arc), per sample.
+
+        Each trial evaluates value and gradient (and Hessian for Newton) so that an accepted
+        trial needs no second evaluation. Returns (new state, accepted, stalled, saw_nonfinite, alpha).
+        """
+        alpha = alpha0.detach().clone()
+        pending = active.clone()
+        x, J, g, H = st.x, st.J, st.g, st.H
+        saw_nonfinite = torch.zeros_like(active)
+        c1 = self.armijo
+        for _ in range(self.max_backtracks):
+            xt = box.project(st.x + alpha.unsqueeze(-1) * d)
+            xt = where_rows(pending, xt, x)
+            Jt, gt, Ht = self.evaluate(prob, xt, create_graph)
+            fin = all_finite(Jt.detach(), gt.detach()) if Ht is None else all_finite(
+                Jt.detach(), gt.detach(), Ht.detach())
+            saw_nonfinite |= pending & ~fin
+            s = (xt - st.x).detach()
+            gs = (st.g.detach() * s).sum(-1)
+            Jt_d = Jt.detach()
+            J0 = st.J.detach()
+            ok = pending & fin & (Jt_d >= J0 + c1 * gs.clamp(min=0)) & ((gs > 0) | (Jt_d > J0))
+            if force is not None:
+                ok = ok | (pending & fin & force)
+            if bool(ok.any()):
+                x = where_rows(ok, xt, x)
+                J = torch.where(ok, Jt, J)
+                g = where_rows(ok, gt, g)
+                if H is not None:
+                    H = where_rows(ok, Ht, H)
+            pending = pending & ~ok
+            if not bool(pending.any()):
+                break
+            alpha = torch.where(pending, alpha * 0.5, alpha)
+        accepted = active & ~pending
+        new = replace(st, x=x, J=J, g=g, H=H)
+        return new, accepted, pending, saw_nonfinite, alpha
+
+
+@dataclass
+class Result:
+    x: Tensor
+    J: Tensor
+    g: Tensor
+    H: Tensor | None
+    iterations: Tensor
+    converged: Tensor
+    grad_norm: Tensor
+    status: Tensor
+    extra: dict
+
+
+def converged_mask(box: Box, st: State, tol: float) -> tuple[Tensor, Tensor]:
+    pg = box.projected_grad(st.x.detach(), st.g.detach())
+    pgn = pg.abs().amax(-1)
+    thresh = tol * st.J.detach().abs().clamp(min=1.0)
+    return pgn <= thresh, pgn
+
+
+def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters: int, tol: float,
+               graph_iters: int = 0, unroll: bool = False) -> Result:
+    """Iterate until every sample has converged, stalled or failed, or max_iters.
+
+    unroll: every iteration builds a graph (backward="unroll").
+    graph_iters: after the graph-free solve, that many more iterations with a graph for every
+    healthy sample, converged or not (backward="truncated").
+    """
+    B = x0.shape[0]
+    dev = x0.device
+    status = torch.zeros(B, dtype=torch.long, device=dev)
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    x_start = x0 if unroll else x0.detach()
+    st, ok = solver.init_state(prob, box, box.project(x_start), create_graph=unroll)
+    status |= torch.where(ok, 0, NONFINITE_INIT)
+    if not bool(ok.all()):
+        st = replace(st, x=where_rows(ok, st.x, x0 if unroll else x0.detach()))
+    failed = ~ok
+    stalled = torch.zeros_like(failed)
+
+    def loop(st, n_iters, create_graph, force_active):
+        nonlocal failed, stalled, status, iters
+        force = None
+        for _ in range(n_iters):
+            conv, _ = converged_mask(box, st, tol)
+            active = ~failed if force_active else (~conv & ~failed & ~stalled)
+            if not bool(active.any()):
+                break
+            if force_active and force is None:
+                force = conv
+            st, moved, stall, nonfin, damped = solver.step(prob, box, st, active, create_graph, force)
+            iters += active.long()
+            status |= torch.where(damped & active, DAMPED, 0)
+            status |= torch.where(nonfin & active, NONFINITE_STEP, 0)
+            if not force_active:
+                stalled = stalled | (stall & active)
+        return st
+
+    st = loop(st, max_iters, unroll, False)
+    if graph_iters > 0 and not unroll:
+        # Re-evaluate at the solution with a graph so the first differentiated step depends on theta.
+        J, g, H = solver.evaluate(prob, st.x.detach(), True)
+        st = solver.sanitize(replace(st, J=J, g=g, H=H), ~failed, x0.detach())
+        stalled = torch.zeros_like(stalled)
+        st = loop(st, graph_iters, True, True)
+    conv, pgn = converged_mask(box, st, tol)
+    conv = conv & ~failed
+    status |= torch.where(~conv & ~failed, NOT_CONVERGED, 0)
+    J = torch.where(failed, torch.full_like(st.J, float("nan")), st.J.detach())
+    return Result(x=st.x, J=J, g=st.g, H=st.H, iterations=iters, converged=conv,
+                  grad_norm=torch.where(failed, torch.full_like(pgn, float("nan")), pgn), status=status,
+                  extra=st.extra)
