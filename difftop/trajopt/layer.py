@@ -57,14 +57,13 @@ class TrajOpt(nn.Module):
         self.cg_tol = cg_tol
         self.cg_max_iters = cg_max_iters
         self.low, self.high = low, high
+        self.solver_options = dict(solver_options)
         if solver == "theseus":
-            from .theseus_backend import TheseusSolver
+            from . import theseus_backend
 
-            self._theseus = TheseusSolver(backward=backward, backward_iters=self.backward_iters,
-                                          max_iters=self.max_iters, **solver_options)
+            theseus_backend._import_theseus()  # fail now, with the install instructions
             self.solver: Solver | None = None
         else:
-            self._theseus = None
             self.solver = make_solver(solver, **solver_options)
 
     def extra_repr(self) -> str:
@@ -79,8 +78,13 @@ class TrajOpt(nn.Module):
             raise ValueError(f"trajopt: init must have shape (B, H, m), got {tuple(init.shape)}")
         if not init.is_floating_point():
             raise ValueError("trajopt: init must be a floating-point tensor")
-        if self._theseus is not None:
-            return self._theseus(objective, init, low=low, high=high)
+        if self.solver is None:  # theseus backend: layers cached per batch shape inside
+            from .theseus_backend import solve_theseus
+
+            mode = self.backward if torch.is_grad_enabled() else "none"
+            return solve_theseus(objective, init, low=low, high=high, max_iters=self.max_iters,
+                                 backward=mode, backward_iters=self.backward_iters, tol=self.tol,
+                                 **self.solver_options)
         shape = init.shape
         B = shape[0]
         box = Box(low, high, shape, init.dtype, init.device)

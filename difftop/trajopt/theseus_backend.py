@@ -35,6 +35,17 @@ the iterates of well-behaved samples unchanged:
    error raised by Theseus is caught: a ``RuntimeWarning`` is issued and the initial actions
    are returned with ``NONFINITE_STEP`` set for every sample.
 
+Behaviour worth knowing (it follows from the formulation, and is reproduced, not fixed): by
+Sherman-Morrison the LM step is ``step_size * r * grad G / (damping + |grad G|^2)``. With the
+official 1e-3/1e-3 it aims to raise G by about ``1e-3 * r ~ 1`` per iteration, so it overshoots an
+interior maximum that is less than ~1 above the current value and hovers around it; where
+``|grad G|^2 << damping`` it is gradient ascent with rate ``~1e3``, which typically throws the
+iterate out of the box, where the clamp zeroes the gradient and the sample stops. Theseus'
+relative stopping test on ``r^2 ~ 1e6`` also stops early once G changes by less than ~5e-6.
+``backward="implicit"``: the final Gauss-Newton system ``J^T J`` of a single residual is rank one,
+so Theseus falls back to the damped step (flagged ``IMPLICIT_DAMPED``) and the gradient is that of
+one damped LM step, not the implicit-function-theorem gradient.
+
 Theseus is optional. Install it (``theseus-ai``'s setup imports torch, so build isolation must
 be off, and its ``scikit-sparse`` requirement is not needed for the dense solver)::
 
@@ -320,6 +331,8 @@ class TheseusSolver:
         residual_offset: float = 1000.0,
         clamp_in_cost: bool = True,
         tol: float = 1e-4,
+        abs_err_tolerance: float = 1e-10,
+        rel_err_tolerance: float = 1e-8,
     ) -> tuple[torch.Tensor, TrajOptInfo]:
         B, H, m = init.shape
         if (B, H, m) != (self.batch_size, self.horizon, self.action_dim):
@@ -338,6 +351,7 @@ class TheseusSolver:
         self._nonfinite = torch.zeros(B, dtype=torch.bool)
         self._nonfinite_init = torch.zeros(B, dtype=torch.bool)
         self.linear_solver.reset_flags(B, init.device)
+        self.optimizer.set_params(abs_err_tolerance=abs_err_tolerance, rel_err_tolerance=rel_err_tolerance)
         self.last_best_actions = None
 
         x0 = init.reshape(B, H * m)
@@ -501,6 +515,8 @@ def solve_theseus(
     residual_offset: float = 1000.0,
     clamp_in_cost: bool = True,
     tol: float = 1e-4,
+    abs_err_tolerance: float = 1e-10,
+    rel_err_tolerance: float = 1e-8,
 ) -> tuple[torch.Tensor, TrajOptInfo]:
     """Maximise ``objective`` over action sequences with Theseus LM, as the official DiffTOP code.
 
@@ -518,7 +534,12 @@ def solve_theseus(
             the damped step for the whole batch: flagged IMPLICIT_DAMPED), "none" (no graph).
         residual_offset: the constant c of the residual ``c - G`` (official 1000).
         clamp_in_cost: clamp the actions to [low, high] inside the cost (official True).
-        tol: projected-gradient inf-norm below which a sample is reported converged.
+        tol: projected-gradient inf-norm below which a sample is reported converged (diagnostic
+            only; Theseus stops on its own criteria below).
+        abs_err_tolerance, rel_err_tolerance: Theseus' stopping test on the squared residual
+            (defaults are Theseus', as in the official code). Because ``r ~ residual_offset``, the
+            relative test fires once ``|J change| < ~rel_err_tolerance * residual_offset / 2`` per
+            iteration; pass 0 to always run ``max_iters`` iterations.
 
     Returns:
         actions (B, H, m): Theseus' last iterate (differentiable unless ``backward="none"``);
@@ -541,6 +562,8 @@ def solve_theseus(
             residual_offset=residual_offset,
             clamp_in_cost=clamp_in_cost,
             tol=tol,
+            abs_err_tolerance=abs_err_tolerance,
+            rel_err_tolerance=rel_err_tolerance,
         )
     finally:
         if solver.broken:  # an exception went through Theseus: do not reuse its state

@@ -23,6 +23,10 @@ def _initial_alpha(gF: Tensor, box: Box) -> Tensor:
     return reach / gF.detach().abs().amax(-1).clamp(min=1e-12)
 
 
+def _forced(force: Tensor | None, active: Tensor) -> Tensor:
+    return active & force if force is not None else torch.zeros_like(active)
+
+
 class ProjectedGradient(Solver):
     """Projected gradient ascent with Barzilai-Borwein step lengths and backtracking."""
 
@@ -36,7 +40,11 @@ class ProjectedGradient(Solver):
         fixed = box.fixed_mask(st.x.detach(), st.g.detach())
         d = torch.where(fixed, torch.zeros_like(st.g), st.g)
         prev = st.extra["alpha"]
-        alpha0 = torch.where(torch.isnan(prev), _initial_alpha(d, box), prev)
+        forced = _forced(force, active)
+        # A forced (differentiated, truncated-mode) step at a solution keeps the step length of the
+        # solve, or takes a unit step: 1/|g| scaling there would blow its derivative up like 1/|g|.
+        first = torch.where(forced, torch.ones_like(prev), _initial_alpha(d, box))
+        alpha0 = torch.where(torch.isnan(prev), first, prev)
         new, acc, stall, nonfin, _ = self.line_search(prob, box, st, d, alpha0, active, create_graph, force)
         # Barzilai-Borwein (BB1) for the next step, on the curvature of -J along the step.
         s = (new.x - st.x).detach()
@@ -45,7 +53,7 @@ class ProjectedGradient(Solver):
         ss = (s * s).sum(-1)
         bb = ss / sy.clamp(min=1e-30)
         nxt = torch.where(sy > 1e-12 * ss.clamp(min=1e-30), bb, alpha0 * 2.0).clamp(1e-10, 1e10)
-        alpha = torch.where(acc, nxt, prev)
+        alpha = torch.where(acc & ~forced, nxt, prev)
         new = replace(new, extra={"alpha": alpha})
         return new, acc, stall, nonfin, torch.zeros_like(acc)
 
@@ -59,9 +67,10 @@ class LBFGS(Solver):
 
     name = "lbfgs"
 
-    def __init__(self, memory: int = 8, **kw):
+    def __init__(self, memory: int = 8, reduced: bool = True, **kw):
         super().__init__(**kw)
         self.memory = int(memory)
+        self.reduced = bool(reduced)
 
     def init_memory(self, st: State) -> dict:
         B, n = st.x.shape
@@ -74,9 +83,20 @@ class LBFGS(Solver):
         }
 
     @staticmethod
-    def apply_inverse(mem: dict, q: Tensor) -> Tensor:
-        """Two-loop recursion: approximately (-Hessian)^-1 q, per sample (batched)."""
+    def apply_inverse(mem: dict, q: Tensor, free: Tensor | None = None) -> Tensor:
+        """Two-loop recursion: approximately (-Hessian)^-1 q, per sample (batched).
+
+        free: (B, n) 0/1 mask; the pairs are then restricted to the free variables (reduced
+        space), so curvature seen while a variable moved does not leak into a step where it
+        is held at a bound.
+        """
         S, Y, rho, valid = mem["S"], mem["Y"], mem["rho"], mem["valid"]
+        if free is not None:
+            S = S * free.unsqueeze(1)
+            Y = Y * free.unsqueeze(1)
+            sy = (S * Y).sum(-1)
+            valid = valid & (sy > 1e-10 * (Y * Y).sum(-1).clamp(min=1e-30))
+            rho = 1.0 / sy.clamp(min=1e-30)
         M = S.shape[1]
         ptr = mem["ptr"]
         order = [(ptr - 1 - i) % M for i in range(M)]  # newest first
@@ -97,13 +117,18 @@ class LBFGS(Solver):
         mem = st.extra
         fixed = box.fixed_mask(st.x.detach(), st.g.detach())
         gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
-        d = self.apply_inverse(mem, gF)
+        d = self.apply_inverse(mem, gF, (~fixed).to(gF.dtype) if self.reduced else None)
         d = torch.where(fixed, torch.zeros_like(d), d)
         has_pairs = mem["valid"].any(-1)
         ascent = (gF.detach() * d.detach()).sum(-1) > 0
-        use_grad = ~(has_pairs & ascent)
+        # Forced (differentiated, truncated-mode) steps at a solution use the memory as it is: its
+        # ascent test is on rounding noise there, and 1/|g| step scaling (below) would blow the
+        # derivative of the step up like 1/|g|; without pairs they take the step gamma * g.
+        forced = _forced(force, active)
+        use_grad = ~(has_pairs & (ascent | forced))
         d = where_rows(use_grad, gF, d)
-        alpha0 = torch.where(use_grad, _initial_alpha(gF, box), torch.ones_like(st.J.detach()))
+        first = torch.where(forced, mem["gamma"], _initial_alpha(gF, box))
+        alpha0 = torch.where(use_grad, first, torch.ones_like(st.J.detach()))
         d = self.cap_step(d, box)
         new, acc, stall, nonfin, _ = self.line_search(prob, box, st, d, alpha0, active, create_graph, force)
         # Curvature pair of f = -J; keep it only where it is positive (f locally convex).
@@ -112,7 +137,9 @@ class LBFGS(Solver):
         sy_g = (s * y).sum(-1)  # keeps the graph when unrolling (rho and gamma depend on it)
         yy_g = (y * y).sum(-1)
         sy, yy = sy_g.detach(), yy_g.detach()
-        good = acc & (sy > 1e-10 * yy.clamp(min=1e-30)) & (yy > 0)
+        # No pair from a forced step: s and y are rounding noise there and rho = 1/s.y would carry
+        # a derivative ~ 1/(s.y)^2 into the next differentiated step (gradients off by 1e6 and more).
+        good = acc & ~forced & (sy > 1e-10 * yy.clamp(min=1e-30)) & (yy > 0)
         M = self.memory
         p = mem["ptr"]
         S, Y, rho, valid = mem["S"], mem["Y"], mem["rho"], mem["valid"]
@@ -128,7 +155,7 @@ class LBFGS(Solver):
         # A sample that did not produce a pair this round keeps its old pair in this slot.
         valid[:, p] = torch.where(good, True, valid[:, p])
         # Where the direction was not an ascent direction, the memory is stale: drop it.
-        valid = valid & ~(has_pairs & ~ascent & active).unsqueeze(-1)
+        valid = valid & ~(has_pairs & ~ascent & active & ~forced).unsqueeze(-1)
         gamma = torch.where(good, sy_g / yy_g.clamp(min=1e-30), mem["gamma"])
         new_mem = {"S": S, "Y": Y, "rho": rho, "valid": valid, "gamma": gamma,
                    "ptr": (p + 1) % M, "npairs": mem["npairs"] + good.to(mem["npairs"].dtype)}

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..box import Box
 from ..evaluate import Problem
-from .base import Solver, State, all_finite, where_rows
+from .base import Solver, State, all_finite, rounding_accept, where_rows
 
 
 def restrict(H: Tensor, fixed: Tensor) -> Tensor:
@@ -43,14 +43,22 @@ class Newton(Solver):
         fixed = box.fixed_mask(st.x.detach(), st.g.detach())
         gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
         A = restrict(st.H, fixed)
-        evals, V = torch.linalg.eigh(A)
-        scale = evals.detach().abs().amax(-1, keepdim=True)
+        evals, V = torch.linalg.eigh(A.detach())
+        scale = evals.abs().amax(-1, keepdim=True)
         floor = (self.eig_floor * scale).clamp(min=torch.finfo(A.dtype).eps)
-        ok = evals.detach() >= floor
+        ok = evals >= floor
         mu = torch.where(ok, evals, torch.maximum(evals.abs(), floor))
         damped = ~ok.all(-1)
-        d = V @ ((V.transpose(-1, -2) @ gF.unsqueeze(-1)) / mu.unsqueeze(-1))
-        d = torch.where(fixed, torch.zeros_like(gF), d.squeeze(-1))
+        d = (V @ ((V.transpose(-1, -2) @ gF.detach().unsqueeze(-1)) / mu.unsqueeze(-1))).squeeze(-1)
+        if create_graph and (A.requires_grad or gF.requires_grad):
+            # Differentiate the step through a linear solve, never through eigh, whose derivative is
+            # infinite at repeated eigenvalues (two variables held at bounds share restrict()'s unit
+            # eigenvalue; c * I has one eigenvalue): unrolled/truncated gradients were NaN there.
+            # Same value as d; the damping correction (mu - evals) is held constant.
+            C = V @ torch.diag_embed(mu - evals) @ V.transpose(-1, -2)
+            dg = torch.linalg.solve(A + C, gF.unsqueeze(-1)).squeeze(-1)
+            d = d + (dg - dg.detach())
+        d = torch.where(fixed, torch.zeros_like(gF), d)
         d = self.cap_step(d, box)
         alpha0 = torch.ones_like(st.J.detach())
         new, acc, stall, nonfin, _ = self.line_search(prob, box, st, d, alpha0, active, create_graph, force)
@@ -111,7 +119,12 @@ class LevenbergMarquardt(Solver):
         fin = all_finite(Jt.detach(), gt.detach(), Ht.detach())
         actual = Jt.detach() - st.J.detach()
         rho = actual / torch.where(pred > 0, pred, torch.ones_like(pred))
-        accept = active & ~bad & fin & (((pred > 0) & (rho > 1e-4)) | ((pred <= 0) & (actual > 0)))
+        model_ok = ((pred > 0) & (rho > 1e-4)) | ((pred <= 0) & (actual > 0))
+        # A change of J within rounding says nothing about the model: judge the step on its slope.
+        near = ~model_ok & rounding_accept(st.J.detach(), Jt.detach(), (st.g.detach() * s).sum(-1),
+                                           (gt.detach() * s).sum(-1))
+        rho = torch.where(near, torch.ones_like(rho), rho)
+        accept = active & ~bad & fin & (model_ok | near)
         if force is not None:
             accept = accept | (active & ~bad & fin & force)
         # Nielsen's damping update.

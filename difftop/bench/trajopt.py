@@ -1,0 +1,197 @@
+"""`difftop bench trajopt`: time solve+backward of every solver x backward setting.
+
+All rows run in one process on the same problem (TD-MPC sizes, see bench/problem.py) so
+the ratios between rows hold even on a loaded machine. Each timed run covers what an
+agent does per acting step: encode, warm start from pi, solve, and (with a backward) the
+backward pass of a loss on the first action into the encoder, dynamics, reward and Q.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difftop.bench.problem import PlanningProblem, official_problem
+from difftop.trajopt import TrajOpt
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _time_runs(fn, runs: int, warmup: int, max_seconds: float) -> tuple[list[float], dict]:
+    out: dict = {}
+    for _ in range(warmup):
+        out = fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > max_seconds and len(times) >= 3:
+            break
+    return times, out
+
+
+def _solve_fn(P: PlanningProblem, layer: TrajOpt, with_backward: bool, w: torch.Tensor):
+    model = P.model
+
+    def run() -> dict:
+        model.zero_grad(set_to_none=True)
+        if with_backward:
+            z0 = model.h(P.obs)
+        else:
+            with torch.no_grad():
+                z0 = model.h(P.obs)
+        init = P.policy_init(z0)
+        ctx = torch.enable_grad() if with_backward else torch.no_grad()
+        with ctx:
+            actions, info = layer(P.objective(z0), init)
+            if with_backward:
+                (actions[:, 0] * w).sum().backward()
+        return {"info": info, "actions": actions.detach(), "z0": z0.detach(), "init": init}
+
+    return run
+
+
+def _objective_at(P: PlanningProblem, z0: torch.Tensor, actions: torch.Tensor) -> float:
+    with torch.no_grad():
+        return P.objective(z0)(actions.clamp(-1, 1)).mean().item()
+
+
+def _row(name, solver, backward, B, times, out, P) -> dict:
+    info = out["info"]
+    J = _objective_at(P, out["z0"], out["actions"])
+    J0 = _objective_at(P, out["z0"], out["init"])
+    return {
+        "row": name, "solver": solver, "backward": backward, "batch": B, "n": len(times),
+        "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
+        "J_init": J0, "J": J, "iters": info.iterations.double().mean().item(),
+        "converged": info.converged.double().mean().item(),
+        "flagged": (info.status != 0).double().mean().item(),
+    }
+
+
+def main(cfg: DictConfig) -> int:
+    torch.set_num_threads(int(cfg.threads))
+    dtype = DTYPES[cfg.dtype]
+    pc = cfg.problem
+    results: list[dict] = []
+    for B in cfg.batch_sizes:
+        P = official_problem(int(B), obs_dim=pc.obs_dim, latent_dim=pc.latent_dim, mlp_dim=pc.mlp_dim,
+                             horizon=pc.horizon, action_dim=pc.action_dim, gamma=pc.gamma, q_tau=pc.q_tau,
+                             head_gain=pc.head_gain, seed=int(cfg.seed), dtype=dtype)
+        w = torch.randn(int(B), pc.action_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+        todo = [(r.name, r.solver, r.backward, dict(r.get("options", {}))) for r in cfg.rows
+                if int(B) in r.batches]
+        if cfg.theseus.enabled and int(B) in cfg.theseus.batches:
+            opts = {"max_iters": cfg.theseus.max_iters, "step_size": cfg.theseus.step_size,
+                    "damping": cfg.theseus.damping, "backward_iters": cfg.theseus.backward_iters}
+            todo.append(("theseus-official", "theseus", "truncated", opts))
+        for name, solver, backward, opts in todo:
+            try:
+                layer = TrajOpt(solver=solver, backward=backward, **opts)
+            except ImportError as e:
+                print(f"skipping {name}: {str(e).splitlines()[0]}")
+                continue
+            fn = _solve_fn(P, layer, backward != "none", w)
+            times, out = _time_runs(fn, int(cfg.runs), int(cfg.warmup), float(cfg.max_row_seconds))
+            row = _row(name, solver, backward, int(B), times, out, P)
+            results.append(row)
+            print(f"B={B:<4d} {name:20s} {row['median_ms']:10.1f} ms  (n={row['n']})  J {row['J']:.4f} "
+                  f"(init {row['J_init']:.4f})  iters {row['iters']:.1f}  converged {row['converged']:.2f}",
+                  flush=True)
+        if cfg.mppi.enabled and int(B) == 1:
+            results.append(_bench_mppi(cfg, P))
+    ratios = _ratios(results, cfg.reference)
+    _save(cfg, results, ratios)
+    return 0
+
+
+def _bench_mppi(cfg: DictConfig, P: PlanningProblem) -> dict:
+    from difftop.rl.mppi import MPPIPlanner
+
+    m = cfg.mppi
+    planner = MPPIPlanner(P.model, horizon=P.horizon, iterations=m.iterations, num_samples=m.num_samples,
+                          num_elites=m.num_elites, mixture_coef=m.mixture_coef, discount=P.gamma)
+
+    def run() -> dict:
+        with torch.no_grad():
+            z0 = P.model.h(P.obs)
+            a = planner.plan(z0, t0=True, eval_mode=False, horizon=P.horizon, std=0.05)
+        return {"a": a}
+
+    times, _ = _time_runs(run, int(cfg.runs), int(cfg.warmup), float(cfg.max_row_seconds))
+    row = {"row": "mppi-tdmpc", "solver": "mppi", "backward": "none", "batch": 1, "n": len(times),
+           "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "J_init": float("nan"),
+           "J": float("nan"), "iters": float(m.iterations), "converged": float("nan"), "flagged": float("nan")}
+    print(f"B=1    {'mppi-tdmpc':20s} {row['median_ms']:10.1f} ms  (n={row['n']})", flush=True)
+    return row
+
+
+def _ratios(results: list[dict], reference: str) -> list[dict]:
+    out = []
+    for B in sorted({r["batch"] for r in results}):
+        by = {r["row"]: r for r in results if r["batch"] == B}
+        ref = by.get(reference)
+        if ref is None:
+            continue
+        for base in ("theseus-official", "mppi-tdmpc"):
+            if base in by:
+                b = by[base]
+                out.append({"batch": B, "row": reference, "vs": base,
+                            "time_ratio": ref["median_ms"] / b["median_ms"],
+                            "J": ref["J"], "J_vs": b["J"],
+                            "J_not_worse": bool(b["J"] != b["J"] or ref["J"] >= b["J"] - 1e-6)})
+    return out
+
+
+def _save(cfg: DictConfig, results: list[dict], ratios: list[dict]) -> None:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"trajopt{cfg.tag}"
+    keys = list(results[0].keys()) if results else []
+    with open(f"{stem}.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=keys)
+        wr.writeheader()
+        wr.writerows(results)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+           "machine": platform.machine(), "processor": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    lines = [f"# difftop bench trajopt{cfg.tag}", "",
+             f"{env['date']}, torch {env['torch']}, {env['threads']} thread(s), {env['processor']}, "
+             f"dtype {cfg.dtype}, median of n timed runs after {cfg.warmup} warm-up runs. "
+             f"Problem: latent {cfg.problem.latent_dim}, MLP {cfg.problem.mlp_dim}, horizon "
+             f"{cfg.problem.horizon}, action dim {cfg.problem.action_dim}, q_tau {cfg.problem.q_tau}. "
+             "Time = encode + pi warm start + solve + backward of a loss on the first action.", "",
+             "| batch | row | solver | backward | n | median ms | J init | J final | iters | converged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['batch']} | {r['row']} | {r['solver']} | {r['backward']} | {r['n']} | "
+                     f"{r['median_ms']:.1f} | {r['J_init']:.4f} | {r['J']:.4f} | {r['iters']:.1f} | "
+                     f"{r['converged']:.2f} |")
+    if ratios:
+        lines += ["", "| batch | row | vs | time ratio | J row | J vs | J not worse |", "|---|---|---|---|---|---|---|"]
+        for q in ratios:
+            lines.append(f"| {q['batch']} | {q['row']} | {q['vs']} | {q['time_ratio']:.3f} | {q['J']:.4f} | "
+                         f"{q['J_vs']:.4f} | {q['J_not_worse']} |")
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps({"env": env, "config": OmegaConf.to_container(cfg, resolve=True),
+                                                "results": results, "ratios": ratios}, indent=1))
+    print("\n".join(lines))
+    print(f"\nsaved {stem}.md, .csv, .json")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
