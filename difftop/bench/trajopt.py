@@ -130,7 +130,8 @@ def _bench_mppi(cfg: DictConfig, P: PlanningProblem) -> dict:
     times, _ = _time_runs(run, int(cfg.runs), int(cfg.warmup), float(cfg.max_row_seconds))
     row = {"row": "mppi-tdmpc", "solver": "mppi", "backward": "none", "batch": 1, "n": len(times),
            "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "J_init": float("nan"),
-           "J": float("nan"), "iters": float(m.iterations), "converged": float("nan"), "flagged": float("nan")}
+           "J": float("nan"), "iters": float(m.iterations), "converged": float("nan"),
+           "flagged": float("nan")}
     print(f"B=1    {'mppi-tdmpc':20s} {row['median_ms']:10.1f} ms  (n={row['n']})", flush=True)
     return row
 
@@ -161,7 +162,8 @@ def _save(cfg: DictConfig, results: list[dict], ratios: list[dict]) -> None:
         wr = csv.DictWriter(f, fieldnames=keys)
         wr.writeheader()
         wr.writerows(results)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "python": platform.python_version(),
            "machine": platform.machine(), "processor": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
     lines = [f"# difftop bench trajopt{cfg.tag}", "",
              f"{env['date']}, torch {env['torch']}, {env['threads']} thread(s), {env['processor']}, "
@@ -176,12 +178,14 @@ def _save(cfg: DictConfig, results: list[dict], ratios: list[dict]) -> None:
                      f"{r['median_ms']:.1f} | {r['J_init']:.4f} | {r['J']:.4f} | {r['iters']:.1f} | "
                      f"{r['converged']:.2f} |")
     if ratios:
-        lines += ["", "| batch | row | vs | time ratio | J row | J vs | J not worse |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| batch | row | vs | time ratio | J row | J vs | J not worse |",
+                  "|---|---|---|---|---|---|---|"]
         for q in ratios:
             lines.append(f"| {q['batch']} | {q['row']} | {q['vs']} | {q['time_ratio']:.3f} | {q['J']:.4f} | "
                          f"{q['J_vs']:.4f} | {q['J_not_worse']} |")
     Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
-    Path(f"{stem}.json").write_text(json.dumps({"env": env, "config": OmegaConf.to_container(cfg, resolve=True),
+    config = OmegaConf.to_container(cfg, resolve=True)
+    Path(f"{stem}.json").write_text(json.dumps({"env": env, "config": config,
                                                 "results": results, "ratios": ratios}, indent=1))
     print("\n".join(lines))
     print(f"\nsaved {stem}.md, .csv, .json")

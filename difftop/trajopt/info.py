@@ -13,7 +13,8 @@ import torch
 # Status codes, one per sample. Bit flags so that several events can be reported at once.
 OK = 0
 NONFINITE_INIT = 1  # objective or gradient NaN/inf at the initial actions: sample left at init
-NONFINITE_STEP = 2  # a NaN/inf appeared during the solve: sample stopped at its last finite iterate
+NONFINITE_STEP = 2  # a NaN/inf was met during the solve (a trial rejected): the sample went on from,
+#                     or stopped at, its last finite iterate; it may still have converged
 DAMPED = 4  # the Newton/LM system was indefinite or singular and had to be damped
 IMPLICIT_DAMPED = 8  # the Hessian at the solution was not negative definite: implicit gradient damped
 NOT_CONVERGED = 16  # reached max_iters without meeting the tolerance
@@ -47,8 +48,9 @@ class TrajOptInfo:
 
     @property
     def failed(self) -> torch.Tensor:
-        """(B,) bool: samples whose objective could not be evaluated (left at init or stopped early)."""
-        return self.flagged(NONFINITE_INIT | NONFINITE_STEP)
+        """(B,) bool: samples whose objective could not be evaluated (left at init, or stopped short
+        of convergence by a NaN/inf)."""
+        return self.flagged(NONFINITE_INIT) | (self.flagged(NONFINITE_STEP) & ~self.converged)
 
     def describe(self, i: int) -> list[str]:
         """Names of the flags raised for sample i."""

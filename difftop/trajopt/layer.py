@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .box import Box
 from .evaluate import Problem
 from .implicit import cg_solver, dense_solver, implicit_output
-from .info import NONFINITE_INIT, NONFINITE_STEP, TrajOptInfo
+from .info import NONFINITE_INIT, TrajOptInfo
 from .solvers import Solver, make_solver, run_solver
 
 BACKWARD_MODES = ("implicit", "unroll", "truncated", "none")
@@ -30,7 +30,8 @@ class TrajOpt(nn.Module):
       iterations from the solution), "none" (actions are constants).
     implicit_solver: "dense" (eigendecomposition of the Hessian at the solution; free for
       lm/newton which end with it), "cg" (conjugate gradients on Hessian-vector products,
-      preconditioned by the L-BFGS memory; no n x n Hessian ever formed), or "auto".
+      preconditioned by the L-BFGS memory; no n x n Hessian ever formed), or "auto" (dense when
+      the solver has the Hessian or the batch is at most `dense_max_batch`, else cg).
     tol: a sample has converged when its projected gradient's inf-norm <= tol * max(1, |J|).
     """
 
@@ -38,10 +39,12 @@ class TrajOpt(nn.Module):
                  tol: float = 1e-5, backward_iters: int = 5, implicit_solver: str = "auto",
                  implicit_fallback: float = 1.0, implicit_eig_floor: float = 1e-8,
                  cg_tol: float | None = None, cg_max_iters: int | None = None,
-                 low: float | Tensor = -1.0, high: float | Tensor = 1.0, **solver_options):
+                 low: float | Tensor = -1.0, high: float | Tensor = 1.0, dense_max_batch: int = 16,
+                 **solver_options):
         super().__init__()
         if backward not in BACKWARD_MODES:
-            raise ValueError(f"unknown trajopt backward mode {backward!r}; choose one of {list(BACKWARD_MODES)}")
+            raise ValueError(
+                f"unknown trajopt backward mode {backward!r}; choose one of {list(BACKWARD_MODES)}")
         if implicit_solver not in ("auto", "dense", "cg"):
             raise ValueError(f"implicit_solver must be auto, dense or cg, got {implicit_solver!r}")
         if max_iters < 0 or backward_iters < 0:
@@ -56,6 +59,7 @@ class TrajOpt(nn.Module):
         self.implicit_eig_floor = float(implicit_eig_floor)
         self.cg_tol = cg_tol
         self.cg_max_iters = cg_max_iters
+        self.dense_max_batch = int(dense_max_batch)
         self.low, self.high = low, high
         self.solver_options = dict(solver_options)
         if solver == "theseus":
@@ -78,6 +82,12 @@ class TrajOpt(nn.Module):
             raise ValueError(f"trajopt: init must have shape (B, H, m), got {tuple(init.shape)}")
         if not init.is_floating_point():
             raise ValueError("trajopt: init must be a floating-point tensor")
+        if torch.is_inference_mode_enabled():
+            # Autograd records nothing under inference mode, not even inside enable_grad(): every
+            # gradient with respect to the actions would read as 0 and the init be returned as
+            # "converged". Refuse rather than return a silently wrong answer.
+            raise RuntimeError("trajopt: the solvers need autograd for gradients with respect to the "
+                               "actions, which torch.inference_mode() disables; use torch.no_grad()")
         if self.solver is None:  # theseus backend: layers cached per batch shape inside
             from .theseus_backend import solve_theseus
 
@@ -110,17 +120,30 @@ class TrajOpt(nn.Module):
         J, g, x_leaf = prob.grad_graph(x_star)
         if not g.requires_grad:  # nothing the objective closes over requires grad
             return x_star
-        # Samples whose objective was not finite get no implicit gradient (all variables fixed).
-        failed = (res.status & (NONFINITE_INIT | NONFINITE_STEP)) != 0
+        # Samples whose objective is not finite at the returned actions (left at init) get no
+        # implicit gradient (all variables fixed). A NaN met only by a rejected line-search trial
+        # (NONFINITE_STEP) does not matter: such a sample may well have converged at a finite point.
+        failed = ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J.detach()) \
+            | ~torch.isfinite(g.detach()).all(-1)
         fixed = box.fixed_mask(x_star, g.detach()) | failed.unsqueeze(-1)
         n = x_star.shape[1]
         kind = self.implicit_solver
         if kind == "auto":
-            kind = "dense" if res.H is not None else "cg"
+            # Measured (bench trajopt): one dense Hessian costs ~10-15 gradient evaluations and is
+            # overhead-bound at small batch, where it beats a sequence of CG products; at large
+            # batch it is FLOP-bound and a few preconditioned CG products are cheaper.
+            small = x_star.shape[0] <= self.dense_max_batch
+            kind = "dense" if (res.H is not None or small) else "cg"
         if kind == "dense":
             H = res.H
             if H is None:
                 _, _, H = prob.value_grad_hess(x_star)
+                # A NaN matrix makes the batched eigendecomposition raise for the whole batch:
+                # failed samples (or a non-finite Hessian) get -I and all variables fixed.
+                failed = failed | ~torch.isfinite(H).all(-1).all(-1)
+                fixed = fixed | failed.unsqueeze(-1)
+                eye = torch.eye(n, dtype=H.dtype, device=H.device).expand_as(H)
+                H = torch.where(failed.view(-1, 1, 1), -eye, H)
             solve = dense_solver(H, fixed, self.implicit_eig_floor, self.implicit_fallback, res.status)
         else:
             eps = torch.finfo(x_star.dtype).eps

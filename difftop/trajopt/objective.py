@@ -35,7 +35,9 @@ def smooth_min(*values: Tensor, tau: float = 0.0) -> Tensor:
 
 
 def rollout(z0: Tensor, actions: Tensor, dynamics: Fn) -> list[Tensor]:
-    """Latent states z_0..z_{T-1} visited by the actions (B, T, m) (the last action's successor is not needed)."""
+    """Latent states z_0..z_{T-1} visited by the actions (B, T, m).
+
+    The last action's successor is not needed by either objective form."""
     zs = [z0]
     for t in range(actions.shape[1] - 1):
         zs.append(dynamics(zs[-1], actions[:, t]))

@@ -22,8 +22,8 @@ SOLVE = dict(tol=1e-10, max_iters=500)
 EPS = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # module scope: before the module-scoped reference fixtures (2 shared cores)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -173,7 +173,10 @@ def test_first_order_unroll_is_aligned(interior, solver):
 def test_first_order_truncated_is_aligned(interior, solver):
     # k differentiated steps x+ = x + P g from the (detached) solution give
     # dx_k = (I - prod_j (I - P_j A)) dx_implicit with A = -H: an approximation whose error
-    # contracts with k but, for gradient steps on an ill-conditioned A, is not small at k = 5.
+    # contracts with k only if every eigenvalue of P A lies in (0, 2). That is not guaranteed:
+    # pgd keeps the solve's last Barzilai-Borwein step, which can exceed 2 / lambda_max (e.g.
+    # LatentProblem(seed=14): |1 - alpha lambda|^5 ~ 2e3, truncated gradient 350x off, cosine
+    # -0.5). So only finiteness is principled; the alignment asserted is this problem's.
     P, ref = interior
     _, info, grads = _autograd(P, LOW, HIGH, solver=solver, backward="truncated", backward_iters=5)
     assert info.converged.all(), info
@@ -277,3 +280,55 @@ def test_latent_objective_gradients_reach_z0_and_all_modules():
             else:
                 assert p.grad is not None and torch.isfinite(p.grad).all(), (name, pname)
                 assert p.grad.abs().max() > 0, (name, pname)
+
+
+# --- regressions ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["lbfgs", "pgd", "newton", "lm"])
+def test_truncated_from_an_exact_maximum_stays_finite(solver):
+    # Warm start exactly at the maximiser: the solve takes no step, so the differentiated steps
+    # are the only ones. They used to scale the first step by 1/|g| (|g| = 0 here): 3e61.
+    c = torch.tensor([[[0.3, -0.2]]], dtype=DT, requires_grad=True)
+
+    def J(A):
+        return -((A - c) ** 2).sum((1, 2))
+
+    a, info = optimize(J, c.detach().clone(), solver=solver, backward="truncated", backward_iters=5,
+                       tol=1e-10)
+    a.sum().backward()
+    assert info.converged.all() and torch.isfinite(c.grad).all()
+    if solver in ("newton", "lm"):
+        torch.testing.assert_close(c.grad, torch.ones_like(c), atol=1e-8, rtol=0)
+    else:
+        # Without curvature information a unit gradient step is taken: x+ = x + 2 (c - x), whose
+        # k-fold derivative 1 - (-1)^k oscillates in {0, 2} around the true da*/dc = 1.
+        assert (c.grad.abs() <= 2 + 1e-9).all()
+
+
+def test_truncated_lbfgs_takes_no_pairs_from_forced_steps():
+    # At a solution the differentiated steps are ~1e-11 long: a curvature pair from them is
+    # rounding noise and rho = 1/s.y carried ~1/(s.y)^2 into the derivative (off by 1e6 here).
+    P = LatentProblem(seed=6, shift=torch.tensor([3.0, 0.0]))
+    _, _, g_imp = _autograd(P, -1.0, 1.0, solver="lbfgs", backward="implicit")
+    _, info, g_tr = _autograd(P, -1.0, 1.0, solver="lbfgs", backward="truncated", backward_iters=5)
+    assert info.converged.all()
+    rel, cos = _compare(g_tr, g_imp)
+    assert rel < 1e-2 and cos > 0.999, (rel, cos)
+
+
+@pytest.mark.parametrize("backward", ["unroll", "truncated"])
+def test_newton_differentiable_step_with_repeated_eigenvalues(backward):
+    # Two coordinates held at a bound share the unit eigenvalue of the restricted system; the
+    # derivative of eigh is infinite there and unrolled/truncated gradients came out NaN.
+    c = torch.tensor([3.0, 3.0, 0.2], dtype=DT, requires_grad=True)
+    s = torch.tensor([1.0, 2.0, 3.0], dtype=DT, requires_grad=True)
+
+    def J(A):
+        return -(s * (A - c) ** 2).sum((1, 2))
+
+    a, info = optimize(J, torch.zeros(1, 1, 3, dtype=DT), solver="newton", backward=backward, tol=1e-10)
+    a.sum().backward()
+    assert info.converged.all()
+    torch.testing.assert_close(a.detach().flatten(), torch.tensor([1.0, 1.0, 0.2], dtype=DT))
+    torch.testing.assert_close(c.grad, torch.tensor([0.0, 0.0, 1.0], dtype=DT), atol=1e-12, rtol=0)
+    torch.testing.assert_close(s.grad, torch.zeros(3, dtype=DT), atol=1e-12, rtol=0)

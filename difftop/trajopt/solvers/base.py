@@ -61,7 +61,8 @@ class Solver:
 
     def init_state(self, prob: Problem, box: Box, x0: Tensor, create_graph: bool) -> tuple[State, Tensor]:
         J, g, H = self.evaluate(prob, x0, create_graph)
-        ok = all_finite(J.detach(), g.detach()) if H is None else all_finite(J.detach(), g.detach(), H.detach())
+        parts = (J, g) if H is None else (J, g, H)
+        ok = all_finite(*(t.detach() for t in parts))
         st = State(x=x0, J=J, g=g, H=H)
         st = self.sanitize(st, ok, x0)
         st.extra = self.init_memory(st)
@@ -142,7 +143,8 @@ class Solver:
             # shrink a curvature-free first step (half a box width) below ~1e-4 in 12 trials, so a
             # warm start closer than that to the maximum stalled (NOT_CONVERGED).
             curv = J0 + gs - Jt_d
-            shrink = torch.where(fin & (curv > 0), gs / (2 * curv.clamp(min=1e-300)), torch.full_like(gs, 0.5))
+            shrink = torch.where(fin & (curv > 0), gs / (2 * curv.clamp(min=1e-300)),
+                                 torch.full_like(gs, 0.5))
             shrink = torch.nan_to_num(shrink, nan=0.5).clamp(0.1, 0.5)
             alpha = torch.where(pending, alpha * shrink, alpha)
         accepted = active & ~pending
@@ -196,11 +198,11 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     dev = x0.device
     status = torch.zeros(B, dtype=torch.long, device=dev)
     iters = torch.zeros(B, dtype=torch.long, device=dev)
-    x_start = x0 if unroll else x0.detach()
-    st, ok = solver.init_state(prob, box, box.project(x_start), create_graph=unroll)
+    # A failed sample is left at its projected init (the point that was evaluated): the returned
+    # actions are within the bounds even for an init outside the box.
+    x_start = box.project(x0 if unroll else x0.detach())
+    st, ok = solver.init_state(prob, box, x_start, create_graph=unroll)
     status |= torch.where(ok, 0, NONFINITE_INIT)
-    if not bool(ok.all()):
-        st = replace(st, x=where_rows(ok, st.x, x0 if unroll else x0.detach()))
     failed = ~ok
     stalled = torch.zeros_like(failed)
 
@@ -226,7 +228,7 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     if graph_iters > 0 and not unroll:
         # Re-evaluate at the solution with a graph so the first differentiated step depends on theta.
         J, g, H = solver.evaluate(prob, st.x.detach(), True)
-        st = solver.sanitize(replace(st, J=J, g=g, H=H), ~failed, x0.detach())
+        st = solver.sanitize(replace(st, J=J, g=g, H=H), ~failed, x_start.detach())
         stalled = torch.zeros_like(stalled)
         st = loop(st, graph_iters, True, True)
     conv, pgn = converged_mask(box, st, tol)
