@@ -26,14 +26,6 @@ KINDS = ["indefinite", "nan_always", "nan_region", "pos_inf_region", "neg_inf_re
          "nan_grad_region", "huge", "tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _config(k: int):
     """Batch k: its solver, backward mode and implicit linear solver."""
     backward = "implicit" if k < 7 else ("truncated" if k < 9 else "unroll")

@@ -22,12 +22,6 @@ SOLVE = dict(tol=1e-10, max_iters=500)
 EPS = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # module scope: before the module-scoped reference fixtures (2 shared cores)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _mlp(i, o, act, scale, gen):

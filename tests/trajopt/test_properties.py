@@ -15,14 +15,6 @@ DT = torch.float64
 LAT, M, T = 4, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp(i, o, gen, dtype=DT, hidden=8, zero_last=False):
     net = nn.Sequential(nn.Linear(i, hidden), nn.ELU(), nn.Linear(hidden, o))
     with torch.no_grad():

@@ -25,12 +25,6 @@ from difftop.trajopt.theseus_backend import TheseusSolver, solve_theseus  # noqa
 H, M = 5, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _mlp(i, h, o, dtype):
