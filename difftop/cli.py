@@ -14,6 +14,9 @@ imported only when the command runs, so ``difftop --help`` stays fast and each c
 only its own dependencies. The target takes the composed ``DictConfig`` and returns an int exit
 code (or ``None`` for success).
 
+A command may take positional words (``difftop plot runs/a runs/b``): :data:`POSITIONAL` names the
+config key that receives them as a list of strings.
+
 To add a command, add one entry to :data:`COMMANDS` (and optionally a line to :data:`HELP`),
 and write ``difftop/configs/<config name>.yaml`` starting with::
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,11 +44,25 @@ CONFIG_DIR: Path = Path(__file__).resolve().parent / "configs"
 #: command words -> (Hydra config name relative to CONFIG_DIR, "module.path:function")
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "trajopt"): ("bench_trajopt", "difftop.bench.trajopt:main"),
+    ("plot",): ("plot", "difftop.rl.plot:main"),
+    ("rl",): ("rl", "difftop.rl.trainer:main"),
+    ("eval",): ("rl_eval", "difftop.evaluate:main"),
 }
 
 #: Optional one-line descriptions shown by ``difftop --help``.
 HELP: dict[tuple[str, ...], str] = {
     ("bench", "trajopt"): "benchmark the differentiable trajectory-optimization layer",
+    ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
+    ("eval",): "evaluate a saved checkpoint: mean +- std return, video",
+    ("plot",): "learning curves of RL runs (mean +- std over seeds) vs env steps and wall-clock time",
+}
+
+#: command words -> config key that takes the command's positional words: ``difftop plot a b`` runs
+#: ``plot`` with the override ``runs=['a','b']``. Positional words are the words right after the
+#: command, before the first ``key=value`` or flag; a word holding ``=`` or starting with ``-``
+#: cannot be one (pass ``key=[...]`` instead).
+POSITIONAL: dict[tuple[str, ...], str] = {
+    ("plot",): "runs",
 }
 
 EXIT_USAGE = 2
@@ -86,6 +104,33 @@ def _split_command(argv: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
     while n < len(argv) and not argv[n].startswith("-") and "=" not in argv[n]:
         n += 1
     return tuple(argv[:n]), list(argv[n:])
+
+
+def _quote(word: str) -> str:
+    """``word`` as a quoted string in Hydra's override grammar, read back unchanged.
+
+    OmegaConf would resolve ``${...}`` even in a quoted value, so it is escaped (``\\${``, with the
+    backslashes before it doubled); Hydra unescapes only backslashes before a quote or the closing
+    quote, so those are doubled and the quotes escaped.
+    """
+    word = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", word)
+    word = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, word)
+    return "'" + word.replace("'", "\\'") + "'"
+
+
+def positional_override(key: str, words: Sequence[str]) -> str:
+    """The Hydra override ``key=['w1','w2',...]`` that passes ``words`` verbatim as a list of strings."""
+    return f"{key}=[{','.join(_quote(w) for w in words)}]"
+
+
+def _with_positional(key: str, words: list[str], rest: list[str]) -> list[str]:
+    """Hydra's arguments with the positional words' override placed beside the other overrides.
+
+    Hydra's argparse takes the overrides as one run of positional arguments, so the new one goes
+    just before the first ``key=value`` of ``rest`` (after flags such as ``-m``), else first.
+    """
+    i = next((j for j, w in enumerate(rest) if "=" in w and not w.startswith("-")), 0)
+    return [*rest[:i], positional_override(key, words), *rest[i:]]
 
 
 def _load_target(target: str) -> Callable[[Any], Any]:
@@ -174,8 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in range(len(words), 0, -1):
         if words[:n] in COMMANDS:
             cmd = words[:n]
+            args = [*words[n:], *rest]
+            if words[n:] and cmd in POSITIONAL:
+                args = _with_positional(POSITIONAL[cmd], list(words[n:]), rest)
             try:
-                return run_command(cmd, [*words[n:], *rest])
+                return run_command(cmd, args)
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
                 return 130

@@ -221,3 +221,83 @@ def test_console_script_help_is_fast_and_lazy(tmp_path):
     python = REPO / ".venv" / "bin" / "python"
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+# -- positional words (POSITIONAL) -------------------------------------------------------------
+
+ODD_WORDS = [
+    "runs/a",
+    "with space, and comma",
+    "it's",
+    'dq"uote',
+    "back\\slash",
+    "trailing\\",
+    "a${b}c",
+    "\\${y}",
+    "[x]",
+    "é:ü",
+    "''",
+]
+
+
+@pytest.fixture
+def fake_pos(fake, monkeypatch):
+    """`difftop fake pos <words>`: a command whose positional words go to the list key `paths`."""
+    work, calls = fake
+    (cli.CONFIG_DIR / "fake_pos.yaml").write_text(FAKE_CONFIG + "paths: []\n")
+    monkeypatch.setitem(cli.COMMANDS, ("fake", "pos"), ("fake_pos", "difftop_fake_cmd:main"))
+    monkeypatch.setattr(cli, "POSITIONAL", {**cli.POSITIONAL, ("fake", "pos"): "paths"})
+    return work, calls
+
+
+def test_positional_words_become_list_override(fake_pos):
+    _, calls = fake_pos
+    assert cli.main(["fake", "pos", "runs/a", "runs/b", "x=3"]) == 0
+    (call,) = calls()
+    assert call["cfg"]["paths"] == ["runs/a", "runs/b"] and call["cfg"]["x"] == 3
+
+
+def test_positional_words_survive_odd_characters(fake_pos):
+    _, calls = fake_pos
+    assert cli.main(["fake", "pos", *ODD_WORDS]) == 0
+    assert calls()[0]["cfg"]["paths"] == ODD_WORDS
+
+
+def test_positional_override_is_hydra_parsable():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = cli.positional_override("runs", ["a b", "c,d", "it's"])
+    assert OverridesParser.create().parse_override(override).value() == ["a b", "c,d", "it's"]
+
+
+def test_no_positional_words_keeps_default(fake_pos):
+    _, calls = fake_pos
+    assert cli.main(["fake", "pos", "x=2"]) == 0
+    assert calls()[0]["cfg"]["paths"] == []
+
+
+def test_positional_words_with_multirun(fake_pos):
+    _, calls = fake_pos
+    assert cli.main(["fake", "pos", "a", "b", "-m", "x=1,2"]) == 0
+    assert sorted(c["cfg"]["x"] for c in calls()) == [1, 2]
+    assert all(c["cfg"]["paths"] == ["a", "b"] for c in calls())
+
+
+def test_stray_word_without_positional_is_an_error(fake, capsys):
+    _, calls = fake
+    assert cli.main(["fake", "run", "stray"]) != 0
+    assert calls() == []
+
+
+def test_plot_command_takes_run_paths(capsys):
+    assert ("plot",) in cli.COMMANDS and cli.POSITIONAL[("plot",)] == "runs"
+    assert cli.main(["plot", "runs/a b", "runs/c", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "- runs/a b\n- runs/c" in out
+
+
+def test_positional_words_before_flags_only(fake_pos):
+    _, calls = fake_pos
+    assert cli.main(["fake", "pos", "a", "--multirun", "x=1,2", "rc=0"]) == 0
+    assert cli.main(["fake", "pos", "b", "x=5", "-m"]) == 0
+    assert [c["cfg"]["paths"] for c in calls()] == [["a"], ["a"], ["b"]]

@@ -1,0 +1,53 @@
+"""DiffTOP's observation-space twin critic Q_s(s, a) (paper eq. 6, appendix C).
+
+Why a second critic: the policy-gradient loss -Q_s(s, a*(θ)) is back-propagated through the
+trajectory optimization into the latent model. If it used the latent Q it would partly grade the
+model with itself; Q_s is learned on the raw observation with its own encoder, so it supplies an
+independent deterministic policy gradient (DDPG-style).
+
+Layers as in the paper's appendix C: an encoder S -> 256 -> Z (ELU) for states, or a small conv
+encoder for pixels, then TD-MPC's Q head over [z, a] (Linear -> LayerNorm -> Tanh -> Linear -> ELU
+-> Linear), twice. Last layers start at zero as in the official code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from difftop.nn.told import PixelEncoder, orthogonal_init, q_head
+
+__all__ = ["ObsCritic"]
+
+
+class _Q(nn.Module):
+    def __init__(self, obs_shape, action_dim: int, latent_dim: int, mlp_dim: int, enc_dim: int,
+                 num_channels: int, pixels: bool):
+        super().__init__()
+        if pixels:
+            self.encoder: nn.Module = PixelEncoder(obs_shape, latent_dim, num_channels)
+        else:
+            self.encoder = nn.Sequential(nn.Linear(obs_shape[0], enc_dim), nn.ELU(),
+                                         nn.Linear(enc_dim, latent_dim))
+        self.head = q_head(latent_dim + action_dim, mlp_dim)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.encoder(obs), action], dim=-1))
+
+
+class ObsCritic(nn.Module):
+    """Twin Q_s(s, a) on raw observations; ``forward`` returns ``(q1, q2)``, each ``(B, 1)``."""
+
+    def __init__(self, obs_shape, action_dim: int, *, latent_dim: int = 50, mlp_dim: int = 512,
+                 enc_dim: int = 256, num_channels: int = 32, obs_type: str = "state"):
+        super().__init__()
+        pixels = obs_type == "pixels"
+        args = (tuple(obs_shape), action_dim, latent_dim, mlp_dim, enc_dim, num_channels, pixels)
+        self.q1, self.q2 = _Q(*args), _Q(*args)
+        self.apply(orthogonal_init)
+        for q in (self.q1, self.q2):
+            q.head[-1].weight.data.fill_(0)
+            q.head[-1].bias.data.fill_(0)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q1(obs, action), self.q2(obs, action)

@@ -1,0 +1,239 @@
+"""DiffTOP for model-based RL (paper section 4.2, eq. 4-6): TD-MPC whose policy is a trajectory
+optimization, trained through the solve.
+
+Acting: a* = argmax_{a_0..a_H} sum_{t<H} gamma^t R(z_t, a_t) + gamma^H Q(z_H, a_H),
+z_{t+1} = d(z_t, a_t), z_0 = h(s), solved by :class:`difftop.trajopt.TrajOpt` from the rollout of
+pi (``init=pi``) or from zeros (``init=zero``, the paper's Fig. 4 ablation). The planning horizon
+H follows TD-MPC's schedule; the min over the twin latent Q is smoothed (``q_tau``) so the optimum
+does not sit on a kink.
+
+Learning: everything TD-MPC learns, plus
+- Q_s(s, a), a twin critic on the raw observation (:class:`difftop.nn.ObsCritic`), trained by TD
+  with a target network: y = r + gamma * min Q_s_target(s', pi(h(s'))), weighted like TD-MPC's
+  value loss (``value_coef``, rho^t, PER weights), as in the official release;
+- the policy-gradient loss  c0 * -min(Q_s1, Q_s2)(s, a*_0(theta))  back-propagated through the
+  solve into the encoder, dynamics, reward and latent Q (never into Q_s or pi). ``pg_mode``:
+  ``online``: on every training acting step (the official scheme); gradients are accumulated
+  over the episode (as a mean) and applied by one step of a separate Adam at the episode's end.
+  Unlike the official code, the accumulation lives in its own buffers, so the TD-MPC updates
+  between acting steps do not wipe it.
+  ``batched``: on ``pg_batch_size`` states of every replay minibatch, added to the TD-MPC
+  gradient before its clipped optimizer step (our batched layer makes this cheap).
+  ``none``: trajectory optimization for acting only (``difftop_noback``, paper Fig. 6).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from difftop.nn.critic import ObsCritic
+from difftop.rl.replay import Batch
+from difftop.rl.tdmpc import TDMPCAgent, _clip_and_check, ema_
+from difftop.trajopt import TrajOpt, latent_objective, smooth_min
+
+__all__ = ["DiffTOPAgent", "PG_MODES", "INITS"]
+
+PG_MODES = ("online", "batched", "none")
+INITS = ("pi", "zero")
+
+
+class DiffTOPAgent(TDMPCAgent):
+    name = "difftop"
+
+    def __init__(self, cfg: Any, obs_shape: tuple[int, ...], action_dim: int,
+                 device: torch.device | str = "cpu"):
+        super().__init__(cfg, obs_shape, action_dim, device)
+        if cfg.pg_mode not in PG_MODES:
+            raise ValueError(f"pg_mode must be one of {list(PG_MODES)}, got {cfg.pg_mode!r}")
+        if cfg.init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {cfg.init!r}")
+        self.pg_mode = cfg.pg_mode
+        self.critic = ObsCritic(self.obs_shape, action_dim, latent_dim=cfg.latent_dim, mlp_dim=cfg.mlp_dim,
+                                enc_dim=cfg.enc_dim, num_channels=cfg.num_channels,
+                                obs_type="pixels" if self.pixels else "state").to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # One optimizer for the TD losses (TOLD + Q_s), as the official release.
+        self.optim.add_param_group({"params": list(self.critic.parameters())})
+        m = self.model
+        self.pg_params = [p for mod in (m._encoder, m._dynamics, m._reward, m._Q1, m._Q2)
+                          for p in mod.parameters()]
+        self.pg_optim = torch.optim.Adam(self.pg_params, lr=cfg.pg_lr or cfg.lr)
+        t = cfg.trajopt
+        self.trajopt = TrajOpt(solver=t.solver, backward=t.backward, max_iters=t.max_iters, tol=t.tol)
+        self.q_tau = float(t.q_tau)
+        self._pg_acc: list[torch.Tensor] | None = None
+        self._pg_count = 0
+        self._pg_loss_sum = 0.0
+        self._solve_stats = {"iters": 0.0, "flagged": 0.0, "n": 0}
+
+    # ----------------------------------------------------------------- acting
+    def _init_actions(self, z0: torch.Tensor, T: int, explore: bool) -> torch.Tensor:
+        if self.cfg.init == "zero":
+            return z0.new_zeros(z0.shape[0], T, self.action_dim)
+        with torch.no_grad():
+            acts, z = [], z0.detach()
+            for _ in range(T):
+                a = self.model.pi(z, self.cfg.min_std if explore else 0.0)
+                acts.append(a)
+                z = self.model.dynamics(z, a)
+        return torch.stack(acts, 1)
+
+    def objective(self, z0: torch.Tensor):
+        m, tau = self.model, self.q_tau
+        return latent_objective(z0, m.dynamics, m.reward,
+                                terminal=lambda z, a: smooth_min(*m.Q(z, a), tau=tau),
+                                gamma=self.cfg.discount)
+
+    def solve(self, z0: torch.Tensor, step: int, explore: bool, record: bool = True) -> torch.Tensor:
+        """a* (B, H+1, m) for latents z0 (B, latent); differentiable when grad mode is on.
+
+        ``record``: count the solve in the training metrics (evaluation solves are not)."""
+        T = self.planning_horizon(step) + 1
+        init = self._init_actions(z0, T, explore)
+        a, info = self.trajopt(self.objective(z0), init)
+        if not record:
+            return a
+        s = self._solve_stats
+        s["iters"] += float(info.iterations.float().sum())
+        s["flagged"] += float((info.status != 0).float().sum())
+        s["n"] += int(info.iterations.numel())
+        return a
+
+    def act(self, obs: np.ndarray, *, step: int, t0: bool, eval_mode: bool = False) -> np.ndarray:
+        if step < self.cfg.seed_steps and not eval_mode:
+            return self.random_action()
+        obs_t = self._obs_tensor(obs)
+        explore = not eval_mode
+        if self.pg_mode == "online" and not eval_mode:
+            a = self._online_pg(obs_t, step)
+        else:
+            with torch.no_grad():
+                a = self.solve(self.model.h(obs_t), step, explore, record=not eval_mode)[0, 0]
+        if explore and self.cfg.explore_std > 0:
+            a = a + self.cfg.explore_std * torch.randn_like(a)
+        return self._finite(a)
+
+    # ------------------------------------------------------ policy gradient
+    def _pg_loss(self, obs: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
+        """c0 * -min(Q_s1, Q_s2)(s, a*_0), per sample; Q_s's own parameters get no gradient."""
+        self.critic.requires_grad_(False)
+        try:
+            q = torch.min(*self.critic(obs, a0))
+        finally:
+            self.critic.requires_grad_(True)
+        return -self.cfg.c0 * q
+
+    def _online_pg(self, obs_t: torch.Tensor, step: int) -> torch.Tensor:
+        with torch.enable_grad():
+            a = self.solve(self.model.h(obs_t), step, explore=True)[:, 0]
+            loss = self._pg_loss(obs_t, a).sum()
+            grads = torch.autograd.grad(loss, self.pg_params, allow_unused=True)
+        if self._pg_acc is None:
+            self._pg_acc = [torch.zeros_like(p) for p in self.pg_params]
+        for acc, g in zip(self._pg_acc, grads):
+            if g is not None:
+                acc.add_(g)
+        self._pg_count += 1
+        self._pg_loss_sum += float(loss.detach())
+        return a.detach()[0]
+
+    def end_episode(self) -> dict[str, float]:
+        out = self._solve_summary()
+        if self.pg_mode != "online" or self._pg_count == 0:
+            return out
+        for p, acc in zip(self.pg_params, self._pg_acc):
+            p.grad = acc / self._pg_count
+        norm, ok = _clip_and_check(self.pg_params, self.cfg.pg_grad_clip_norm)
+        if ok:
+            self.pg_optim.step()
+        else:
+            self.skipped_updates += 1
+        self.pg_optim.zero_grad(set_to_none=True)
+        out.update({"pg_loss": self._pg_loss_sum / self._pg_count, "pg_grad_norm": norm})
+        self._pg_acc, self._pg_count, self._pg_loss_sum = None, 0, 0.0
+        return out
+
+    def _solve_summary(self) -> dict[str, float]:
+        s = self._solve_stats
+        if s["n"] == 0:
+            return {}
+        out = {"solve_iters": s["iters"] / s["n"], "solve_flagged": s["flagged"] / s["n"]}
+        self._solve_stats = {"iters": 0.0, "flagged": 0.0, "n": 0}
+        return out
+
+    # --------------------------------------------------------------- learning
+    @torch.no_grad()
+    def _td_target_s(self, next_obs: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+        a = self.model.pi(self.model.h(next_obs), self.cfg.min_std)
+        return reward + self.cfg.discount * torch.min(*self.critic_target(next_obs, a))
+
+    def _extra_losses(self, b: Batch) -> tuple[torch.Tensor, dict]:
+        c = self.cfg
+        val_s = 0.0
+        obs = self.aug(b.obs[0])
+        for t in range(b.action.shape[0]):
+            q1, q2 = self.critic(obs, b.action[t])
+            with torch.no_grad():
+                next_obs = self.aug(b.obs[t + 1])
+                y = self._td_target_s(next_obs, b.reward[t])
+            obs = next_obs
+            val_s = val_s + (c.rho ** t) * ((q1 - y).pow(2) + (q2 - y).pow(2))
+        return c.value_coef * val_s.clamp(max=1e4), {"value_s_loss": val_s.mean().item()}
+
+    def _extra_backward(self, b: Batch, step: int) -> dict:
+        if self.pg_mode != "batched":
+            return {}
+        n = min(int(self.cfg.pg_batch_size), b.obs.shape[1])
+        obs = self.aug(b.obs[0, :n])
+        a = self.solve(self.model.h(obs), step, explore=False)[:, 0]
+        loss = self._pg_loss(obs, a).mean()
+        loss.backward()
+        return {"pg_loss": float(loss.detach())}
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [*self.model.parameters(), *self.critic.parameters()]
+
+    def _update_targets(self) -> None:
+        super()._update_targets()
+        ema_(self.critic, self.critic_target, self.cfg.tau)
+
+    def update(self, buffer, step: int) -> dict[str, float]:
+        metrics = super().update(buffer, step)
+        if self.pg_mode == "batched":
+            metrics.update(self._solve_summary())
+        return metrics
+
+    # ------------------------------------------------------------ persistence
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), "critic": self.critic, "critic_target": self.critic_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {**super().optimizers(), "pg_optim": self.pg_optim}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["pg_acc"] = self._pg_acc
+        state["pg_count"] = self._pg_count
+        state["pg_loss_sum"] = self._pg_loss_sum
+        return state
+
+    def load_state_dict(self, state: dict, *, weights_only: bool = False) -> None:
+        super().load_state_dict(state, weights_only=weights_only)
+        if not weights_only:
+            self._pg_acc = state.get("pg_acc")
+            self._pg_count = int(state.get("pg_count", 0))
+            self._pg_loss_sum = float(state.get("pg_loss_sum", 0.0))
+
+
+def make_agent(cfg: Any, obs_shape, action_dim: int, device="cpu") -> TDMPCAgent:
+    """The agent named by ``cfg.agent``: tdmpc, difftop or difftop_noback."""
+    if cfg.agent == "tdmpc":
+        return TDMPCAgent(cfg, obs_shape, action_dim, device)
+    if cfg.agent in ("difftop", "difftop_noback"):
+        return DiffTOPAgent(cfg, obs_shape, action_dim, device)
+    raise ValueError(f"unknown agent {cfg.agent!r}; choose tdmpc, difftop or difftop_noback")

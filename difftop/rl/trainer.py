@@ -1,0 +1,305 @@
+"""``difftop rl``: train TD-MPC / DiffTOP on a DeepMind Control task, resumably.
+
+The loop is TD-MPC's: collect one whole episode (uniform random actions for the first
+``seed_steps`` agent steps), store it, then run one gradient update per agent step of the
+episode (the first time learning starts: one per step collected so far). Evaluation every
+``eval_every`` environment steps (and at 0), with a video of the first eval episode.
+
+Everything is written to ``out_dir``: ``config.yaml`` (resolved), ``train.csv``/``eval.csv``,
+``tb/`` (TensorBoard), ``videos/``, ``checkpoint.pt`` + ``buffer.npz``. ``resume=true`` reloads
+model, optimizers, counters, every RNG and the replay buffer, drops log rows past the checkpoint
+and continues, so a resumed run is the same run (bitwise on one CPU thread).
+Episode ``i`` of training resets the environment with seed ``seed * 100003 + i`` and evaluation
+episode ``j`` with ``10**6 + seed * 1000 + j`` (the same eval episodes at every evaluation), so no
+environment state needs saving.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difftop.cli import UserError
+from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difftop.utils.runlog import RunLogger
+from difftop.utils.video import save_video
+
+__all__ = ["main", "resolve_config", "train", "evaluate", "build"]
+
+AGENTS = ("tdmpc", "difftop", "difftop_noback")
+OBS = ("state", "pixels")
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """Validate the user's config and fill the ``null`` (automatic) values; returns a copy."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.agent not in AGENTS:
+        raise UserError(f"unknown agent {cfg.agent!r}; choose one of: {', '.join(AGENTS)}")
+    if cfg.obs not in OBS:
+        raise UserError(f"unknown obs {cfg.obs!r}; choose one of: {', '.join(OBS)}")
+    from difftop.envs import default_action_repeat, task_key
+
+    cfg.task = task_key(str(cfg.task))  # UserError listing the valid tasks if unknown
+    if cfg.action_repeat is None:
+        cfg.action_repeat = default_action_repeat(cfg.task)
+    pixels = cfg.obs == "pixels"
+    if cfg.lr is None:
+        cfg.lr = 3e-4 if pixels else 1e-3
+    if cfg.batch_size is None:
+        cfg.batch_size = 256 if pixels else 512
+    if cfg.agent == "difftop_noback":
+        cfg.pg_mode = "none"
+    for key in ("steps", "eval_episodes", "episode_length", "action_repeat", "horizon", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < (0 if key == "steps" else 1):
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg.episode_length % cfg.action_repeat:
+        raise UserError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat "
+                        f"{cfg.action_repeat}")
+    L = cfg.episode_length // cfg.action_repeat
+    if cfg.horizon >= L:
+        raise UserError(f"horizon {cfg.horizon} must be shorter than an episode ({L} agent steps)")
+    if cfg.eval_every is None or cfg.eval_every <= 0:
+        raise UserError(f"eval_every must be a positive number of environment steps, got {cfg.eval_every}")
+    if cfg.pg_mode not in ("online", "batched", "none"):
+        raise UserError(f"pg_mode must be online, batched or none, got {cfg.pg_mode!r}")
+    if cfg.init not in ("pi", "zero"):
+        raise UserError(f"init must be pi or zero, got {cfg.init!r}")
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg
+
+
+def build(cfg: DictConfig, *, eval_seed_offset: int = 0):
+    """(train env, eval env, agent) for a resolved config."""
+    from difftop.envs import make_env
+    from difftop.rl.difftop_agent import make_agent
+
+    kw = dict(action_repeat=cfg.action_repeat, frame_stack=cfg.frame_stack, image_size=cfg.image_size,
+              episode_length=cfg.episode_length, render_size=cfg.render_size)
+    env = make_env(cfg.task, cfg.obs, seed=cfg.seed, **kw)
+    eval_env = make_env(cfg.task, cfg.obs, seed=cfg.seed + eval_seed_offset, **kw)
+    agent = make_agent(cfg, env.observation_space.shape, env.action_space.shape[0], cfg.device)
+    return env, eval_env, agent
+
+
+def evaluate(agent, env, episodes: int, step: int, seed_base: int, video_path: Path | None = None,
+             fps: int = 30) -> tuple[list[float], Path | None]:
+    """Returns of ``episodes`` deterministic-policy episodes; a video of the first if asked."""
+    returns, frames, written = [], [], None
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed_base + i)
+        done, total, t = False, 0.0, 0
+        record = video_path is not None and i == 0
+        if record:
+            frames.append(env.render())
+        while not done:
+            action = agent.act(obs, step=step, t0=t == 0, eval_mode=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+            t += 1
+            if record:
+                frames.append(env.render())
+        returns.append(total)
+    if frames:
+        written = save_video(frames, video_path, fps=fps)
+    return returns, written
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class _Progress:
+    """tqdm bar over environment steps, with env-steps/s and the last returns in its postfix."""
+
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                            smoothing=0.05)
+
+    def update(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) one training run; returns a summary dict."""
+    cfg = resolve_config(cfg)
+    out = Path(cfg.out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    state = None
+    if ckpt_path.exists():
+        if not cfg.resume:
+            raise UserError(f"{out} already holds a run (checkpoint.pt); pass resume=true to continue it "
+                            f"or choose another out_dir")
+        try:
+            state = load_checkpoint(ckpt_path, kind="rl")
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        saved = OmegaConf.create(state["config"])
+        for key in ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"):
+            if saved[key] != cfg[key]:
+                raise UserError(f"resume: {key}={cfg[key]!r} differs from the checkpoint's {saved[key]!r}")
+        # The saved run's settings win, except how far to go and how to report.
+        for key in ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
+                    "checkpoint_every"):
+            saved[key] = cfg[key]
+        cfg = saved
+    elif cfg.resume and not out.exists():
+        raise UserError(f"resume=true but {out} does not exist")
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    env, eval_env, agent = build(cfg)
+    from difftop.rl.replay import ReplayBuffer
+
+    ar = cfg.action_repeat
+    L = cfg.episode_length // ar
+    total_agent_steps = math.ceil(cfg.steps / ar)
+    capacity = cfg.buffer_capacity or max(total_agent_steps, L)
+    buffer = ReplayBuffer(env.observation_space.shape, env.action_space.shape[0], L, capacity, cfg.horizon,
+                          pixels=cfg.obs == "pixels", alpha=cfg.per_alpha, beta=cfg.per_beta)
+
+    agent_step, episode, wall_offset, next_eval, last_eval = 0, 0, 0.0, 0, None
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        _set_rng_state(state["rng"])
+        agent_step, episode = state["agent_step"], state["episode"]
+        wall_offset, next_eval, last_eval = state["wall_time"], state["next_eval"], state.get("last_eval")
+        buf_path = out / "buffer.npz"
+        if buf_path.exists():
+            buffer.load(buf_path)
+        elif agent_step:
+            print(f"warning: {buf_path} missing; resuming with an empty replay buffer")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    logger = RunLogger(out, tensorboard=cfg.tensorboard,
+                       resume_step=agent_step * ar if state is not None else None)
+    ckpt_every = cfg.checkpoint_every or cfg.eval_every
+    next_ckpt = (agent_step * ar // ckpt_every + 1) * ckpt_every
+    start = time.time()
+
+    def wall() -> float:
+        return wall_offset + time.time() - start
+
+    def checkpoint() -> None:
+        if cfg.save_buffer:
+            tmp = out / ".buffer.tmp.npz"
+            buffer.save(tmp)
+            tmp.replace(out / "buffer.npz")
+        save_checkpoint(ckpt_path, {
+            "kind": "rl", "config": OmegaConf.to_container(cfg), "agent": agent.state_dict(),
+            "rng": _rng_state(), "agent_step": agent_step, "episode": episode, "wall_time": wall(),
+            "next_eval": next_eval, "last_eval": last_eval, "env_step": agent_step * ar})
+
+    desc = f"{cfg.agent} {cfg.task} {cfg.obs} s{cfg.seed}"
+    bar = _Progress(cfg.progress, cfg.steps, min(agent_step * ar, cfg.steps), desc)
+    last_return = None
+    try:
+        while True:
+            env_step = agent_step * ar
+            if env_step >= next_eval:
+                bar.note("evaluating")
+                vid = out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None
+                rets, _ = evaluate(agent, eval_env, cfg.eval_episodes, agent_step,
+                                   10**6 + cfg.seed * 1000, vid)
+                last_eval = float(np.mean(rets))
+                logger.log("eval", {"env_step": env_step, "episode": episode, "wall_time": wall(),
+                                    "episode_reward": last_eval, "episode_reward_std": float(np.std(rets)),
+                                    "episodes": len(rets)})
+                next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
+                if env_step >= next_ckpt or env_step >= cfg.steps:
+                    checkpoint()
+                    next_ckpt = (env_step // ckpt_every + 1) * ckpt_every
+            if env_step >= cfg.steps:
+                checkpoint()
+                break
+
+            # ---- collect one episode
+            t_ep = time.time()
+            obs, _ = env.reset(seed=cfg.seed * 100003 + episode)
+            ep_obs = np.empty((L + 1, *env.observation_space.shape), dtype=env.observation_space.dtype)
+            ep_act = np.empty((L, env.action_space.shape[0]), dtype=np.float32)
+            ep_rew = np.empty((L,), dtype=np.float32)
+            ep_obs[0] = obs
+            for t in range(L):
+                action = agent.act(obs, step=agent_step + t, t0=t == 0)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                ep_obs[t + 1], ep_act[t], ep_rew[t] = obs, action, reward
+                bar.update(ar)
+                if terminated or truncated:
+                    if t != L - 1:
+                        raise RuntimeError(f"episode ended after {t + 1} agent steps, expected {L}")
+            start_step = agent_step
+            agent_step += L
+            buffer.add_episode(ep_obs, ep_act, ep_rew)
+            metrics = dict(agent.end_episode())
+
+            # ---- learn (TD-MPC: one update per collected step; a burst when learning starts)
+            t_up = time.time()
+            if agent_step >= cfg.seed_steps:
+                n_up = agent_step if start_step < cfg.seed_steps else L
+                for i in range(n_up):
+                    metrics.update(agent.update(buffer, start_step + i))
+                    if n_up > L and i % 50 == 0:
+                        bar.note(f"pretraining update {i}/{n_up}")
+            episode += 1
+            last_return = float(ep_rew.sum())
+            now = time.time()
+            row = {"env_step": agent_step * ar, "episode": episode, "wall_time": wall(),
+                   "episode_reward": last_return, "collect_s": t_up - t_ep, "update_s": now - t_up,
+                   "env_steps_per_s": L * ar / max(now - t_ep, 1e-9)}
+            row.update(metrics)
+            logger.log("train", row)
+            bar.update(0, ret=f"{last_return:.0f}", eval=None if last_eval is None else f"{last_eval:.0f}")
+            if agent_step * ar >= next_ckpt and agent_step * ar < next_eval:
+                checkpoint()
+                next_ckpt = (agent_step * ar // ckpt_every + 1) * ckpt_every
+    except KeyboardInterrupt:
+        bar.close()
+        logger.close()
+        print(f"interrupted: the last checkpoint in {out} is kept; continue with resume=true")
+        raise
+    bar.close()
+    logger.close()
+    summary = {"out_dir": str(out), "env_step": agent_step * ar, "episodes": episode,
+               "last_eval": last_eval, "wall_time": wall()}
+    print(f"done: {cfg.agent} on {cfg.task} ({cfg.obs}), {agent_step * ar} env steps, "
+          f"last eval return {last_eval:.1f}, {wall():.0f} s; results in {out}")
+    return summary
+
+
+def main(cfg: DictConfig) -> int:
+    train(cfg)
+    return 0

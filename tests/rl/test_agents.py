@@ -1,0 +1,190 @@
+"""TD-MPC losses and target updates; DiffTOP's policy-gradient loss through the solve."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from difftop.rl.difftop_agent import DiffTOPAgent, make_agent
+from difftop.rl.replay import ReplayBuffer
+from difftop.rl.tdmpc import TDMPCAgent
+
+OBS, M, L = 5, 2, 12
+
+
+def _buffer(horizon=3, episodes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer((OBS,), M, L, capacity=episodes * L, horizon=horizon)
+    for _ in range(episodes):
+        buf.add_episode(rng.normal(size=(L + 1, OBS)).astype(np.float32),
+                        rng.uniform(-1, 1, (L, M)).astype(np.float32), rng.normal(size=L).astype(np.float32))
+    return buf
+
+
+def _nonzero_heads(agent, concave: float = 0.0):
+    """Re-initialise the zero-initialised last layers so every gradient path is alive.
+
+    ``concave``: add -concave * ||A||^2 to the agent's objective. Random MLP objectives put the
+    first action at a bound, where its derivative is rightly 0; the penalty makes the optimum
+    interior so gradients through the solve can be seen (the objective still comes from the model).
+    """
+    g = torch.Generator().manual_seed(0)
+    heads = [agent.model._reward, agent.model._Q1, agent.model._Q2]
+    if hasattr(agent, "critic"):
+        heads += [agent.critic.q1.head, agent.critic.q2.head]
+    for m in heads:
+        with torch.no_grad():
+            m[-1].weight.copy_(torch.randn(m[-1].weight.shape, generator=g) * 0.3)
+            m[-1].bias.normal_(generator=g)
+    if concave:
+        build = agent.objective
+
+        def objective(z0):
+            J = build(z0)
+            return lambda A: J(A) - concave * A.pow(2).sum((1, 2))
+
+        agent.objective = objective
+    agent.target = copy.deepcopy(agent.model).requires_grad_(False)
+    if hasattr(agent, "critic"):
+        agent.critic_target = copy.deepcopy(agent.critic).requires_grad_(False)
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _changed(before, module):
+    return {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_reward_loss_matches_hand_computation(tiny_cfg):
+    torch.manual_seed(0)
+    agent = TDMPCAgent(tiny_cfg(agent="tdmpc"), (OBS,), M)
+    b = _buffer().sample(8, np.random.default_rng(0), horizon=2)
+    _, _, _, metrics = agent._model_losses(b)
+    m, rho = agent.model, agent.cfg.rho
+    with torch.no_grad():
+        z = m.h(b.obs[0])
+        want = (m.reward(z, b.action[0]) - b.reward[0]).pow(2)
+        z = m.dynamics(z, b.action[0])
+        want = want + rho * (m.reward(z, b.action[1]) - b.reward[1]).pow(2)
+    assert metrics["reward_loss"] == pytest.approx(want.mean().item(), rel=1e-5)
+    # consistency with the target encoder of the next observation
+    with torch.no_grad():
+        z1 = m.dynamics(m.h(b.obs[0]), b.action[0])
+        c0 = (z1 - agent.target.h(b.obs[1])).pow(2).mean(-1)
+    total, zs, prio, metrics = agent._model_losses(b)
+    assert len(zs) == 3 and prio.shape == (8, 1)
+    assert metrics["consistency_loss"] >= c0.mean().item() - 1e-6  # plus rho * step-2 term >= 0
+
+
+def test_update_moves_model_priorities_and_ema_target_every_other_step(tiny_cfg):
+    torch.manual_seed(0)
+    agent = TDMPCAgent(tiny_cfg(agent="tdmpc"), (OBS,), M)
+    buf = _buffer()
+    pr0 = buf._priority.copy()
+    tgt0 = _params(agent.target)
+    before = _params(agent.model)
+    metrics = agent.update(buf, step=1)  # odd step: no target update
+    assert _changed(tgt0, agent.target) == set()
+    assert not np.array_equal(pr0, buf._priority)
+    assert {"consistency_loss", "reward_loss", "value_loss", "pi_loss", "grad_norm"} <= metrics.keys()
+    changed = _changed(before, agent.model)
+    assert any(n.startswith("_encoder") for n in changed) and any(n.startswith("_pi") for n in changed)
+    online = _params(agent.model)
+    agent.update(buf, step=2)  # even step: target <- lerp(target, online_after_step, tau)
+    tau = agent.cfg.tau
+    for n, p in agent.target.named_parameters():
+        want = tgt0[n] + tau * (dict(agent.model.named_parameters())[n].detach() - tgt0[n])
+        assert torch.allclose(p, want, atol=1e-6), n
+    assert online  # silence
+
+
+def test_pi_update_only_moves_pi(tiny_cfg):
+    torch.manual_seed(0)
+    agent = TDMPCAgent(tiny_cfg(agent="tdmpc"), (OBS,), M)
+    _nonzero_heads(agent)
+    b = _buffer().sample(8, np.random.default_rng(0))
+    zs = [agent.model.h(b.obs[0]).detach()]
+    before = _params(agent.model)
+    agent.update_pi(zs)
+    changed = _changed(before, agent.model)
+    assert changed and all(n.startswith("_pi") for n in changed)
+    assert all(p.requires_grad for p in agent.model._Q1.parameters())  # Q grads re-enabled
+
+
+def test_batched_pg_reaches_encoder_dynamics_reward_q_and_nothing_else(tiny_cfg):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(agent="difftop", pg_mode="batched")
+    agent = DiffTOPAgent(cfg, (OBS,), M)
+    _nonzero_heads(agent, concave=5.0)
+    b = _buffer().sample(8, np.random.default_rng(0))
+    agent.optim.zero_grad(set_to_none=True)
+    metrics = agent._extra_backward(b, step=10**6)
+    assert np.isfinite(metrics["pg_loss"])
+    m = agent.model
+    for name in ("_encoder", "_dynamics", "_reward", "_Q1", "_Q2"):
+        grads = [p.grad for p in getattr(m, name).parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m._pi.parameters())
+    assert all(p.grad is None for p in agent.critic.parameters())
+    assert all(p.requires_grad for p in agent.critic.parameters())
+
+
+def test_online_pg_step_at_episode_end_changes_pg_params_only(tiny_cfg):
+    torch.manual_seed(0)
+    agent = DiffTOPAgent(tiny_cfg(agent="difftop", pg_mode="online"), (OBS,), M)
+    _nonzero_heads(agent, concave=5.0)
+    before_m, before_c = _params(agent.model), _params(agent.critic)
+    obs = np.random.default_rng(0).normal(size=(4, OBS)).astype(np.float32)
+    for t in range(4):
+        a = agent.act(obs[t], step=10**6, t0=t == 0)
+        assert a.shape == (M,) and np.all(np.abs(a) <= 1)
+    assert agent._pg_count == 4
+    assert _changed(before_m, agent.model) == set()  # nothing applied before the episode ends
+    out = agent.end_episode()
+    assert np.isfinite(out["pg_loss"]) and out["pg_grad_norm"] > 0
+    changed = _changed(before_m, agent.model)
+    for name in ("_encoder", "_dynamics", "_reward", "_Q1", "_Q2"):
+        assert any(n.startswith(name) for n in changed), name
+    assert not any(n.startswith("_pi") for n in changed)
+    assert _changed(before_c, agent.critic) == set()
+    assert agent._pg_count == 0 and all(p.grad is None for p in agent.pg_params)
+
+
+def test_noback_acts_by_trajopt_without_pg(tiny_cfg):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(agent="difftop_noback", pg_mode="none")
+    agent = make_agent(cfg, (OBS,), M)
+    _nonzero_heads(agent)
+    before = _params(agent.model)
+    obs = np.zeros(OBS, np.float32)
+    a = agent.act(obs, step=10**6, t0=True)
+    # the executed action is the optimizer's, not pi's
+    with torch.no_grad():
+        z = agent.model.h(torch.as_tensor(obs)[None])
+        pi_a = agent.model.pi(z)[0].numpy()
+    assert not np.allclose(a, pi_a)
+    assert agent.end_episode().get("pg_loss") is None and agent._pg_count == 0
+    assert _changed(before, agent.model) == set()
+
+
+def test_zero_init_and_value_s_loss(tiny_cfg):
+    torch.manual_seed(0)
+    agent = DiffTOPAgent(tiny_cfg(agent="difftop", init="zero"), (OBS,), M)
+    init = agent._init_actions(torch.zeros(3, agent.cfg.latent_dim), 4, explore=True)
+    assert torch.equal(init, torch.zeros(3, 4, M))
+    b = _buffer().sample(8, np.random.default_rng(0))
+    loss, metrics = agent._extra_losses(b)
+    assert loss.shape == (8, 1) and metrics["value_s_loss"] >= 0
+    before = _params(agent.critic)
+    agent.update(_buffer(), step=1)
+    assert _changed(before, agent.critic)  # Q_s is trained by its TD loss
+
+
+def test_unknown_agent_and_pg_mode(tiny_cfg):
+    with pytest.raises(ValueError, match="unknown agent"):
+        make_agent(tiny_cfg(agent="sac"), (OBS,), M)
+    with pytest.raises(ValueError, match="pg_mode"):
+        DiffTOPAgent(tiny_cfg(agent="difftop", pg_mode="sometimes"), (OBS,), M)

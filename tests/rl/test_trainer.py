@@ -1,0 +1,100 @@
+"""End-to-end smoke runs of `difftop rl` / `difftop eval` with tiny networks, resume, and input errors."""
+
+import csv
+import os
+
+import pytest
+import torch
+
+from difftop.cli import main
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+# cartpole: action repeat 8, so 200-step episodes are 25 agent steps
+TINY = ["mlp_dim=32", "enc_dim=16", "latent_dim=8", "num_channels=4", "num_samples=16", "num_elites=4",
+        "iterations=2", "batch_size=16", "pg_batch_size=4", "seed_steps=25", "horizon=3",
+        "episode_length=200", "eval_episodes=1", "threads=1", "progress=false", "trajopt.max_iters=5",
+        "render_size=32"]
+
+
+def _run(out, *extra):
+    return main(["rl", "task=cartpole-swingup", f"out_dir={out}", *TINY, *extra])
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("agent,obs,extra", [
+    ("tdmpc", "state", []),
+    ("difftop", "state", ["pg_mode=online"]),
+    ("difftop", "state", ["pg_mode=batched", "init=zero", "reward_coef=0", "consistency_coef=0"]),
+    ("difftop_noback", "state", []),
+    ("tdmpc", "pixels", ["image_size=64"]),
+    ("difftop", "pixels", ["image_size=64", "pg_mode=online"]),
+])
+def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, extra):
+    out = tmp_path / "run"
+    video = "video=true" if obs == "state" and agent == "difftop" else "video=false"
+    assert _run(out, f"agent={agent}", f"obs={obs}", "steps=400", "eval_every=200", video, *extra) == 0
+    for name in ("config.yaml", "train.csv", "eval.csv", "checkpoint.pt", "buffer.npz"):
+        assert (out / name).exists(), name
+    assert any((out / "tb").iterdir())
+    evals = _rows(out / "eval.csv")
+    assert [int(r["env_step"]) for r in evals] == [0, 200, 400]
+    train = _rows(out / "train.csv")
+    assert len(train) == 2 and "value_loss" in train[-1] and train[-1]["value_loss"] != ""
+    if agent == "difftop":
+        mode = "online" if "pg_mode=online" in extra else "batched"
+        assert float(train[-1]["pg_loss"]) == float(train[-1]["pg_loss"])  # logged, not NaN
+        assert float(train[-1]["solve_iters"]) >= 0, mode
+    if video == "video=true":
+        assert len(list((out / "videos").iterdir())) == 3
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    args = ["agent=difftop", "pg_mode=online", "eval_every=200", "video=false"]
+    assert _run(tmp_path / "full", "steps=600", *args) == 0
+    assert _run(tmp_path / "cut", "steps=400", *args) == 0
+    assert _run(tmp_path / "cut", "steps=600", "resume=true", *args) == 0
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert a["agent_step"] == b["agent_step"] == 75
+    for mod in a["agent"]["modules"]:
+        for k, v in a["agent"]["modules"][mod].items():
+            assert torch.equal(v, b["agent"]["modules"][mod][k]), (mod, k)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s") and k not in  # noqa: E731
+                           ("wall_time", "env_steps_per_s")} for r in rows]
+    assert strip(_rows(tmp_path / "full" / "eval.csv")) == strip(_rows(tmp_path / "cut" / "eval.csv"))
+    assert strip(_rows(tmp_path / "full" / "train.csv")) == strip(_rows(tmp_path / "cut" / "train.csv"))
+
+
+def test_eval_command_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200", "video=false") == 0
+    capsys.readouterr()
+    assert main(["eval", f"checkpoint={out / 'checkpoint.pt'}", "episodes=2", "video=true", "threads=1"]) == 0
+    text = capsys.readouterr().out
+    assert "return" in text and "+-" in text and "over 2 episodes" in text
+    assert (out / "eval" / "eval.json").exists() and list((out / "eval").glob("*.mp4"))
+    assert main(["eval", f"checkpoint={tmp_path / 'nope.pt'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", f"checkpoint={bad}"]) == 2
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert _run(tmp_path / "a", "task=cartpole-flyaway", "steps=100") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "cartpole-swingup" in err and len(err.splitlines()) == 1
+    assert _run(tmp_path / "a", "agent=sac") == 2
+    assert "tdmpc, difftop, difftop_noback" in capsys.readouterr().err
+    out = tmp_path / "b"
+    assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200", "video=false") == 0
+    assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200") == 2  # would overwrite a run
+    assert "resume=true" in capsys.readouterr().err
+    assert _run(out, "agent=difftop", "steps=400", "resume=true") == 2  # a different run
+    assert "differs from the checkpoint" in capsys.readouterr().err
