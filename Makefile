@@ -6,7 +6,7 @@
 #               without build isolation against the installed torch; torch 2.13 brings the
 #               setuptools>=77 that builds it)
 #   make test   run the test suite           (PYTEST_ARGS="-k foo -x" to pass options)
-#   make run    run the main job              (ARGS="key=value ..." to pass Hydra overrides)
+#   make run    run the main job: `difftop rl preset=quick` (ARGS="key=value ..." for Hydra overrides)
 #   make lint   ruff check
 
 PYTHON ?= python3
@@ -44,8 +44,11 @@ test: venv
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit code 5)" >&2; fi; \
 	exit $$rc
 
+# The main job: DiffTOP on cartpole-swingup for 10k env steps (preset=quick, ~10 min on 2 CPU
+# cores), then its learning curve. resume=true makes a second `make run` continue, not clash.
 run: venv
-	$(VENV)/bin/difftop bench trajopt $(ARGS)
+	$(VENV)/bin/difftop rl preset=quick resume=true $(ARGS)
+	$(VENV)/bin/difftop plot runs/quickstart out=runs/quickstart/curves.png reference=tdmpc-state
 
 lint: venv
 	$(VENV)/bin/ruff check .

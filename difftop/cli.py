@@ -46,12 +46,14 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "trajopt"): ("bench_trajopt", "difftop.bench.trajopt:main"),
     ("plot",): ("plot", "difftop.rl.plot:main"),
     ("rl",): ("rl", "difftop.rl.trainer:main"),
+    ("bench", "rl"): ("bench_rl", "difftop.bench.rl:main"),
     ("eval",): ("rl_eval", "difftop.evaluate:main"),
 }
 
 #: Optional one-line descriptions shown by ``difftop --help``.
 HELP: dict[tuple[str, ...], str] = {
     ("bench", "trajopt"): "benchmark the differentiable trajectory-optimization layer",
+    ("bench", "rl"): "training env-steps/s of TD-MPC and DiffTOP agents, in one process",
     ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
     ("eval",): "evaluate a saved checkpoint: mean +- std return, video",
     ("plot",): "learning curves of RL runs (mean +- std over seeds) vs env steps and wall-clock time",

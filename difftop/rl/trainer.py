@@ -3,7 +3,8 @@
 The loop is TD-MPC's: collect one whole episode (uniform random actions for the first
 ``seed_steps`` agent steps), store it, then run one gradient update per agent step of the
 episode (the first time learning starts: one per step collected so far). Evaluation every
-``eval_every`` environment steps (and at 0), with a video of the first eval episode.
+``eval_every`` environment steps (and at 0; none during the seed steps, where the weights are
+still the initial ones), with a video of the first eval episode.
 
 Everything is written to ``out_dir``: ``config.yaml`` (resolved), ``train.csv``/``eval.csv``,
 ``tb/`` (TensorBoard), ``videos/``, ``checkpoint.pt`` + ``buffer.npz``. ``resume=true`` reloads
@@ -172,8 +173,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "checkpoint_every"):
             saved[key] = cfg[key]
         cfg = saved
-    elif cfg.resume and not out.exists():
-        raise UserError(f"resume=true but {out} does not exist")
+    elif cfg.resume:  # nothing to resume: start it (job scripts can always pass resume=true)
+        print(f"resume=true: no checkpoint in {out} yet, starting the run")
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -229,6 +230,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         while True:
             env_step = agent_step * ar
+            # No evaluations while the weights are still the initial ones (seed steps): they
+            # would repeat the step-0 result at the full cost of planning.
+            learning = agent_step >= cfg.seed_steps or env_step == 0 or env_step >= cfg.steps
+            if env_step >= next_eval and not learning:
+                next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
             if env_step >= next_eval:
                 bar.note("evaluating")
                 vid = out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None

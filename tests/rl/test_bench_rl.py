@@ -1,0 +1,21 @@
+"""`difftop bench rl` smoke run: one tiny round of every row, table and files written."""
+
+import csv
+import os
+
+from difftop.cli import main
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def test_bench_rl_writes_a_table(tmp_path, capsys):
+    over = '["mlp_dim=16","enc_dim=8","latent_dim=4","batch_size=8","num_samples=8","num_elites=2",' \
+           '"iterations=1","episode_length=200","trajopt.max_iters=3","pg_batch_size=2"]'
+    assert main(["bench", "rl", f"overrides={over}", "rounds=1", "warmup=0", "steps_per_round=1",
+                 "buffer_episodes=2", f"out_dir={tmp_path}", "tag=_t"]) == 0
+    assert "ratio vs TD-MPC" in capsys.readouterr().out
+    with open(tmp_path / "rl_t.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["row"] for r in rows][0] == "tdmpc" and len(rows) == 4
+    assert float(rows[0]["ratio_vs_tdmpc"]) == 1.0
+    assert all(float(r["env_steps_per_s"]) > 0 for r in rows)
