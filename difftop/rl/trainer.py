@@ -170,7 +170,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 raise UserError(f"resume: {key}={cfg[key]!r} differs from the checkpoint's {saved[key]!r}")
         # The saved run's settings win, except how far to go and how to report.
         for key in ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
-                    "checkpoint_every"):
+                    "checkpoint_every", "checkpoint_minutes"):
             saved[key] = cfg[key]
         cfg = saved
     elif cfg.resume:  # nothing to resume: start it (job scripts can always pass resume=true)
@@ -214,7 +214,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     def wall() -> float:
         return wall_offset + time.time() - start
 
+    # An episode whose updates are not all done yet (a learning burst can take hours on a CPU):
+    # the checkpoint records it, so a resumed run finishes those updates first.
+    pending = dict(state.get("pending") or {}) if state is not None else {}
+    last_ckpt = time.time()
+
     def checkpoint() -> None:
+        nonlocal last_ckpt
         if cfg.save_buffer:
             tmp = out / ".buffer.tmp.npz"
             buffer.save(tmp)
@@ -222,73 +228,87 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_checkpoint(ckpt_path, {
             "kind": "rl", "config": OmegaConf.to_container(cfg), "agent": agent.state_dict(),
             "rng": _rng_state(), "agent_step": agent_step, "episode": episode, "wall_time": wall(),
-            "next_eval": next_eval, "last_eval": last_eval, "env_step": agent_step * ar})
+            "next_eval": next_eval, "last_eval": last_eval, "env_step": agent_step * ar,
+            "pending": pending or None})
+        last_ckpt = time.time()
 
     desc = f"{cfg.agent} {cfg.task} {cfg.obs} s{cfg.seed}"
     bar = _Progress(cfg.progress, cfg.steps, min(agent_step * ar, cfg.steps), desc)
-    last_return = None
     try:
         while True:
-            env_step = agent_step * ar
-            # No evaluations while the weights are still the initial ones (seed steps): they
-            # would repeat the step-0 result at the full cost of planning.
-            learning = agent_step >= cfg.seed_steps or env_step == 0 or env_step >= cfg.steps
-            if env_step >= next_eval and not learning:
-                next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
-            if env_step >= next_eval:
-                bar.note("evaluating")
-                vid = out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None
-                rets, _ = evaluate(agent, eval_env, cfg.eval_episodes, agent_step,
-                                   10**6 + cfg.seed * 1000, vid)
-                last_eval = float(np.mean(rets))
-                logger.log("eval", {"env_step": env_step, "episode": episode, "wall_time": wall(),
-                                    "episode_reward": last_eval, "episode_reward_std": float(np.std(rets)),
-                                    "episodes": len(rets)})
-                next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
-                if env_step >= next_ckpt or env_step >= cfg.steps:
+            if not pending:
+                env_step = agent_step * ar
+                # No evaluations while the weights are still the initial ones (seed steps): they
+                # would repeat the step-0 result at the full cost of planning.
+                learning = agent_step >= cfg.seed_steps or env_step == 0 or env_step >= cfg.steps
+                if env_step >= next_eval and not learning:
+                    next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
+                if env_step >= next_eval:
+                    bar.note("evaluating")
+                    vid = out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None
+                    rets, _ = evaluate(agent, eval_env, cfg.eval_episodes, agent_step,
+                                       10**6 + cfg.seed * 1000, vid)
+                    last_eval = float(np.mean(rets))
+                    logger.log("eval", {"env_step": env_step, "episode": episode, "wall_time": wall(),
+                                        "episode_reward": last_eval,
+                                        "episode_reward_std": float(np.std(rets)), "episodes": len(rets)})
+                    next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
+                    if env_step >= next_ckpt or env_step >= cfg.steps:
+                        checkpoint()
+                        next_ckpt = (env_step // ckpt_every + 1) * ckpt_every
+                if env_step >= cfg.steps:
                     checkpoint()
-                    next_ckpt = (env_step // ckpt_every + 1) * ckpt_every
-            if env_step >= cfg.steps:
-                checkpoint()
-                break
+                    break
 
-            # ---- collect one episode
-            t_ep = time.time()
-            obs, _ = env.reset(seed=cfg.seed * 100003 + episode)
-            ep_obs = np.empty((L + 1, *env.observation_space.shape), dtype=env.observation_space.dtype)
-            ep_act = np.empty((L, env.action_space.shape[0]), dtype=np.float32)
-            ep_rew = np.empty((L,), dtype=np.float32)
-            ep_obs[0] = obs
-            for t in range(L):
-                action = agent.act(obs, step=agent_step + t, t0=t == 0)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                ep_obs[t + 1], ep_act[t], ep_rew[t] = obs, action, reward
-                bar.update(ar)
-                if terminated or truncated:
-                    if t != L - 1:
-                        raise RuntimeError(f"episode ended after {t + 1} agent steps, expected {L}")
-            start_step = agent_step
-            agent_step += L
-            buffer.add_episode(ep_obs, ep_act, ep_rew)
-            metrics = dict(agent.end_episode())
+                # ---- collect one episode
+                t_ep = time.time()
+                obs, _ = env.reset(seed=cfg.seed * 100003 + episode)
+                ep_obs = np.empty((L + 1, *env.observation_space.shape), dtype=env.observation_space.dtype)
+                ep_act = np.empty((L, env.action_space.shape[0]), dtype=np.float32)
+                ep_rew = np.empty((L,), dtype=np.float32)
+                ep_obs[0] = obs
+                for t in range(L):
+                    action = agent.act(obs, step=agent_step + t, t0=t == 0)
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    ep_obs[t + 1], ep_act[t], ep_rew[t] = obs, action, reward
+                    bar.update(ar)
+                    if terminated or truncated:
+                        if t != L - 1:
+                            raise RuntimeError(f"episode ended after {t + 1} agent steps, expected {L}")
+                start_step = agent_step
+                agent_step += L
+                episode += 1
+                buffer.add_episode(ep_obs, ep_act, ep_rew)
+                row = {"env_step": agent_step * ar, "episode": episode, "wall_time": 0.0,
+                       "episode_reward": float(ep_rew.sum()), "collect_s": time.time() - t_ep}
+                row.update(agent.end_episode())
+                # TD-MPC: one update per collected step; when learning starts, one per step so far
+                n_up = 0
+                if agent_step >= cfg.seed_steps:
+                    n_up = agent_step if start_step < cfg.seed_steps else L
+                pending = {"base": start_step, "total": n_up, "done": 0, "row": row, "update_s": 0.0}
 
-            # ---- learn (TD-MPC: one update per collected step; a burst when learning starts)
+            # ---- learn
+            row = pending["row"]
             t_up = time.time()
-            if agent_step >= cfg.seed_steps:
-                n_up = agent_step if start_step < cfg.seed_steps else L
-                for i in range(n_up):
-                    metrics.update(agent.update(buffer, start_step + i))
-                    if n_up > L and i % 50 == 0:
-                        bar.note(f"pretraining update {i}/{n_up}")
-            episode += 1
-            last_return = float(ep_rew.sum())
-            now = time.time()
-            row = {"env_step": agent_step * ar, "episode": episode, "wall_time": wall(),
-                   "episode_reward": last_return, "collect_s": t_up - t_ep, "update_s": now - t_up,
-                   "env_steps_per_s": L * ar / max(now - t_ep, 1e-9)}
-            row.update(metrics)
+            while pending["done"] < pending["total"]:
+                i = pending["done"]
+                row.update(agent.update(buffer, pending["base"] + i))
+                pending["done"] = i + 1
+                if pending["total"] > L and i % 50 == 0:
+                    bar.note(f"pretraining update {i}/{pending['total']}")
+                overdue = time.time() - last_ckpt > 60 * cfg.checkpoint_minutes
+                if overdue and pending["done"] < pending["total"]:
+                    pending["update_s"] += time.time() - t_up
+                    t_up = time.time()
+                    checkpoint()
+            update_s = pending["update_s"] + time.time() - t_up
+            row.update({"wall_time": wall(), "update_s": update_s,
+                        "env_steps_per_s": L * ar / max(row["collect_s"] + update_s, 1e-9)})
             logger.log("train", row)
-            bar.update(0, ret=f"{last_return:.0f}", eval=None if last_eval is None else f"{last_eval:.0f}")
+            pending = {}
+            bar.update(0, ret=f"{row['episode_reward']:.0f}",
+                       eval=None if last_eval is None else f"{last_eval:.0f}")
             if agent_step * ar >= next_ckpt and agent_step * ar < next_eval:
                 checkpoint()
                 next_ckpt = (agent_step * ar // ckpt_every + 1) * ckpt_every

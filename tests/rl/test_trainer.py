@@ -98,3 +98,32 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "resume=true" in capsys.readouterr().err
     assert _run(out, "agent=difftop", "steps=400", "resume=true") == 2  # a different run
     assert "differs from the checkpoint" in capsys.readouterr().err
+
+
+def test_resume_in_the_middle_of_an_update_burst(tmp_path, monkeypatch):
+    """Killed during the first learning burst (checkpointed inside it): the resumed run finishes the
+    burst and ends exactly where an uninterrupted run does."""
+    from difftop.rl.tdmpc import TDMPCAgent
+
+    args = ["agent=tdmpc", "eval_every=400", "video=false", "seed_steps=50", "steps=600"]
+    assert _run(tmp_path / "full", *args) == 0
+    real, calls = TDMPCAgent.update, {"n": 0}
+
+    def dying_update(self, buffer, step):
+        calls["n"] += 1
+        if calls["n"] == 30:  # inside the 50-update burst
+            raise KeyboardInterrupt
+        return real(self, buffer, step)
+
+    monkeypatch.setattr(TDMPCAgent, "update", dying_update)
+    assert _run(tmp_path / "cut", *args, "checkpoint_minutes=0") == 130
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert state["pending"]["done"] == 29 and state["pending"]["total"] == 50
+    monkeypatch.setattr(TDMPCAgent, "update", real)
+    assert _run(tmp_path / "cut", *args, "resume=true") == 0
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    for k, v in a["agent"]["modules"]["model"].items():
+        assert torch.equal(v, b["agent"]["modules"]["model"][k]), k
+    assert _rows(tmp_path / "full" / "eval.csv")[-1]["episode_reward"] == \
+        _rows(tmp_path / "cut" / "eval.csv")[-1]["episode_reward"]
