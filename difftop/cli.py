@@ -44,6 +44,9 @@ CONFIG_DIR: Path = Path(__file__).resolve().parent / "configs"
 #: command words -> (Hydra config name relative to CONFIG_DIR, "module.path:function")
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "trajopt"): ("bench_trajopt", "difftop.bench.trajopt:main"),
+    ("demos",): ("demos", "difftop.il.demos:main"),
+    ("il",): ("il", "difftop.il.train:main"),
+    ("il-landscape",): ("il_landscape", "difftop.il.landscape:main"),
     ("plot",): ("plot", "difftop.rl.plot:main"),
     ("rl",): ("rl", "difftop.rl.trainer:main"),
     ("bench", "rl"): ("bench_rl", "difftop.bench.rl:main"),
@@ -53,9 +56,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 #: Optional one-line descriptions shown by ``difftop --help``.
 HELP: dict[tuple[str, ...], str] = {
     ("bench", "trajopt"): "benchmark the differentiable trajectory-optimization layer",
+    ("demos",): "generate successful expert demonstrations (task=pusht) into a zarr replay buffer",
+    ("il",): "train an imitation policy (difftop, bc, bc_rnn, diffusion, ibc, residual) on demos (resumable)",
+    ("il-landscape",): "plot a DiffTOP IL policy's learned objective over a 2-D action (paper Fig. 5)",
     ("bench", "rl"): "training env-steps/s of TD-MPC and DiffTOP agents, in one process",
     ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
-    ("eval",): "evaluate a saved checkpoint: mean +- std return, video",
+    ("eval",): "evaluate a saved checkpoint (RL: mean +- std return; IL: success rate, coverage) with videos",
     ("plot",): "learning curves of RL runs (mean +- std over seeds) vs env steps and wall-clock time",
 }
 

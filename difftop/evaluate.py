@@ -16,6 +16,7 @@ from difftop.utils.checkpoint import CheckpointError, load_checkpoint
 
 EVALUATORS: dict[str, str] = {
     "rl": "difftop.rl.evaluate:evaluate_rl_checkpoint",
+    "il": "difftop.il.evaluate:evaluate_il_checkpoint",
 }
 
 

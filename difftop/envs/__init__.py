@@ -13,7 +13,9 @@ from difftop.envs.dmc import (
     register_envs,
     task_key,
 )
+from difftop.envs.pusht import get_sim_state, make_pusht, set_sim_state
 
 register_envs()
 
-__all__ = ["ACTION_REPEAT", "DMC_TASKS", "default_action_repeat", "make_env", "task_key"]
+__all__ = ["ACTION_REPEAT", "DMC_TASKS", "default_action_repeat", "get_sim_state", "make_env", "make_pusht",
+           "set_sim_state", "task_key"]

@@ -55,5 +55,11 @@ class Policy(nn.Module):
         """Raw actions ``(B, Ta, m)`` for raw observation histories ``{key: (B, To, ...)}``."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def predict_action_stateless(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """As :meth:`predict_action` but without touching rollout state (recurrent policies run
+        the whole history from a zero state); used when a policy serves as a base or an init."""
+        return self.predict_action(obs)
+
     def reset(self) -> None:
         """Forget any internal state (recurrent policies) at the start of an episode."""

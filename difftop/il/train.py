@@ -1,0 +1,391 @@
+"""``difftop il``: train an imitation policy on demonstrations, resumably.
+
+The dataset (zarr replay buffer or robomimic hdf5) is read once; its episodes are split into train
+and validation sets (``val_ratio``, fixed ``split_seed``); the normaliser is fitted on the training
+episodes and handed to the policy (so it is saved in every checkpoint). Each gradient step samples a
+batch of windows (observation history / action chunk, the policy's shapes), computes the policy's
+loss and takes an AdamW step (gradient-norm clipped; a step whose loss or gradient is not finite is
+skipped and counted, never applied). Every ``val_every`` steps a validation loss on fixed held-out
+batches, every ``eval_every`` steps (and at the end) seeded rollouts in the environment (success
+rate, coverage, a video).
+
+``out_dir`` receives ``config.yaml``, ``train.csv``/``val.csv``/``eval.csv``, ``tb/``, ``videos/``
+and ``checkpoint.pt`` (kind ``"il"``: the policy spec and weights, optimizer, scheduler, EMA,
+step, every RNG). ``resume=true`` continues from it and drops log rows past it; validation and
+rollouts draw from forked RNGs, so a resumed run is the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difftop.cli import UserError
+from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difftop.utils.runlog import RunLogger
+
+__all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
+
+OBS_TYPES = ("state", "image")
+TRAIN_KEYS = {"lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "constant", "lr_warmup": 0, "ema_decay": 0.0,
+              "batch_size": 256}
+RESUME_KEYS = ("task", "policy", "obs", "seed", "data", "base")
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """Validate the user's config, fill the automatic values; adds ``policy_params`` (constructor keys)."""
+    from difftop.il.policies import POLICIES
+    from difftop.il.rollout import get_task
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    task = get_task(str(cfg.task))
+    if cfg.obs not in OBS_TYPES:
+        raise UserError(f"unknown obs {cfg.obs!r}; choose one of: {', '.join(OBS_TYPES)}")
+    task.keys(cfg.obs)
+    if cfg.policy not in POLICIES:
+        raise UserError(f"unknown policy {cfg.policy!r}; choose one of: {', '.join(sorted(POLICIES))}")
+    params = dict(OmegaConf.to_container(cfg.policies.get(cfg.policy) or {}, resolve=True))
+    for key, default in TRAIN_KEYS.items():
+        value = params.pop(key, default)
+        if cfg.get(key) is None:
+            cfg[key] = value
+    if cfg.policy == "difftop":
+        init = cfg.init if cfg.init is not None else ("base" if cfg.base else params.get("init", "zero"))
+        if init not in ("base", "zero", "random"):
+            raise UserError(f"init must be base, zero or random, got {init!r}")
+        if init == "base" and not cfg.base:
+            raise UserError("init=base needs base=<checkpoint of a trained bc / bc_rnn / diffusion run>")
+        params["init"] = init
+    elif cfg.init is not None:
+        raise UserError(f"init= is a difftop option; policy {cfg.policy!r} does not take it")
+    cfg.policy_params = params
+    positive = ("batch_size", "log_every", "max_steps", "eval_batch")
+    for key in (*positive, "steps", "val_every", "eval_every", "eval_episodes", "val_batches", "lr_warmup"):
+        if not isinstance(cfg[key], int) or cfg[key] < (1 if key in positive else 0):
+            raise UserError(f"{key} must be an integer >= {1 if key in positive else 0}, got {cfg[key]!r}")
+    if not 0.0 <= float(cfg.val_ratio) < 1.0:
+        raise UserError(f"val_ratio must be in [0, 1), got {cfg.val_ratio}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    if not 0.0 <= float(cfg.ema_decay) < 1.0:
+        raise UserError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg
+
+
+def load_policy(path: str | Path, ema: bool = True):
+    """(policy, checkpoint dict) of a trained IL run; a missing / corrupt / foreign file is a UserError."""
+    from difftop.il.policies import policy_from_state
+
+    try:
+        state = load_checkpoint(path, kind="il")
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    try:
+        return policy_from_state(state, ema=ema), state
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"checkpoint {path}: cannot rebuild its policy ({type(e).__name__}: {e})") from None
+
+
+def fit_normalizer(data: Any, steps: np.ndarray, obs_keys: list[str], action_key: str = "action"):
+    """Min-max normaliser of the low-dim keys and the actions on ``steps``; images to [-1, 1]."""
+    from difftop.data.normalizer import Normalizer
+
+    arrays, modes = {}, {}
+    for k in [*obs_keys, action_key]:
+        image = data[k].ndim == 4 and data[k].dtype == np.uint8
+        arrays[k] = data[k][steps[:1]] if image else data[k][steps]
+        modes[k] = "image" if image else "minmax"
+    return Normalizer.fit(arrays, modes)
+
+
+def _rng_state(sampler: np.random.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "sampler": sampler.bit_generator.state}
+
+
+def _set_rng_state(state: dict, sampler: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    sampler.bit_generator.state = state["sampler"]
+
+
+def _fork_rng(device: str):
+    """A copy of the RNGs for validation and rollouts: the training stream (and resume) stays unchanged."""
+    cuda = str(device).startswith("cuda")
+    return torch.random.fork_rng(devices=[torch.device(device).index or 0] if cuda else [])
+
+
+def _to(batch: Any, device: str) -> Any:
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch.to(device)
+
+
+def _lr_lambda(cfg: DictConfig):
+    warm, total, cosine = int(cfg.lr_warmup), max(int(cfg.steps), 1), cfg.lr_schedule == "cosine"
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(total - warm, 1))))
+
+    return f
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        if pm.requires_grad:
+            pe.lerp_(pm, 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def _validate(policy, val_ds, cfg: DictConfig) -> dict[str, float]:
+    """Mean loss and metrics over ``val_batches`` fixed batches (RNG forked: training is unaffected)."""
+    gen = np.random.default_rng(cfg.split_seed + 1)
+    sums: dict[str, float] = {}
+    n = 0
+    was_training = policy.training
+    policy.eval()
+    with _fork_rng(cfg.device), torch.no_grad():
+        torch.manual_seed(cfg.seed + 1)
+        for _ in range(int(cfg.val_batches)):
+            loss, metrics = policy.compute_loss(_to(val_ds.sample(int(cfg.batch_size), gen), cfg.device))
+            for k, v in {"val_loss": float(loss), **{f"val_{k}": v for k, v in metrics.items()}}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+    policy.train(was_training)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _evaluate(policy, cfg: DictConfig, step: int, out: Path) -> dict[str, Any]:
+    from difftop.il.rollout import rollout
+
+    video = out / "videos" / f"eval_{step:08d}.mp4" if cfg.video else None
+    with _fork_rng(cfg.device):
+        torch.manual_seed(cfg.eval_seed)
+        res = rollout(policy, cfg.task, cfg.obs, int(cfg.eval_episodes), int(cfg.eval_seed),
+                      max_steps=int(cfg.max_steps), batch=int(cfg.eval_batch), video=video, device=cfg.device)
+    return res
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                            smoothing=0.05)
+
+    def update(self, n: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _open_run(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """(config to run, checkpoint to resume or None); refuses to overwrite a run without resume=true."""
+    ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        if cfg.resume:
+            print(f"resume=true: no checkpoint in {cfg.out_dir} yet, starting the run")
+        return cfg, None
+    if not cfg.resume:
+        raise UserError(f"{cfg.out_dir} already holds a run (checkpoint.pt); pass resume=true to continue it "
+                        f"or choose another out_dir")
+    try:
+        state = load_checkpoint(ckpt_path, kind="il")
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    saved = OmegaConf.create(state["config"])
+    for key in RESUME_KEYS:
+        if saved.get(key) != cfg.get(key):
+            raise UserError(f"resume: {key}={cfg.get(key)!r} differs from the checkpoint's "
+                            f"{saved.get(key)!r}")
+    for key in ("steps", "progress", "threads", "eval_every", "eval_episodes", "eval_batch", "video",
+                "checkpoint_every", "val_every", "log_every", "device"):
+        saved[key] = cfg[key]
+    return saved, state
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) one imitation-learning run; returns a summary dict."""
+    from difftop.data import SequenceDataset, load_dataset
+    from difftop.il.policies import build_policy, policy_from_spec
+    from difftop.il.rollout import get_task
+
+    cfg, state = _open_run(resolve_config(cfg))
+    out = Path(cfg.out_dir)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    task = get_task(cfg.task)
+    obs_keys = list(task.keys(cfg.obs))
+    data = load_dataset(cfg.data)
+    task.derive(data, cfg.obs)
+    for k in [*obs_keys, "action"]:
+        data[k]  # a UserError naming the file when a key is missing
+    obs_shapes = {k: tuple(int(s) for s in data[k].shape[1:]) for k in obs_keys}
+    action_dim = int(data["action"].shape[1])
+
+    if state is not None:
+        policy = policy_from_spec(state["spec"])
+        spec = state["spec"]
+    else:
+        base = None
+        if cfg.base:
+            base, _ = load_policy(cfg.base)
+            bmeta = base.shape_meta
+            if dict(bmeta.obs) != obs_shapes or bmeta.action_dim != action_dim:
+                raise UserError(f"base {cfg.base} was trained on observations {dict(bmeta.obs)} / action dim "
+                                f"{bmeta.action_dim}, this run has {obs_shapes} / {action_dim}")
+        params = OmegaConf.to_container(cfg.policy_params, resolve=True)  # plain lists/dicts in the spec
+        policy, spec = build_policy(cfg.policy, obs_shapes, action_dim, params, base)
+    meta = policy.shape_meta
+    full = SequenceDataset(data, obs_keys, "action", horizon=meta.horizon, obs_horizon=meta.obs_horizon,
+                           n_action_steps=meta.n_action_steps)
+    train_ds, val_ds = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
+    if len(train_ds) == 0:
+        raise UserError(f"{cfg.data}: no training windows (episodes shorter than the policy's horizon "
+                        f"{meta.horizon}?)")
+    policy.set_normalizer(fit_normalizer(data, train_ds.steps(), obs_keys))
+    policy.to(cfg.device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = copy.deepcopy(policy).requires_grad_(False)
+    sampler = np.random.default_rng(cfg.seed)
+
+    step, wall_offset, skipped, last_eval = 0, 0.0, 0, None
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], sampler)
+        step, wall_offset = int(state["step"]), float(state["wall_time"])
+        skipped, last_eval = int(state.get("skipped", 0)), state.get("last_eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    logger = RunLogger(out, tensorboard=cfg.tensorboard, resume_step=step if state is not None else None,
+                       step_key="step")
+    ckpt_every = int(cfg.checkpoint_every or cfg.eval_every or cfg.steps or 1)
+    start = time.time()
+    evaluator = ema if ema is not None else policy
+
+    def wall() -> float:
+        return wall_offset + time.time() - start
+
+    def checkpoint() -> None:
+        save_checkpoint(out / "checkpoint.pt", {
+            "kind": "il", "config": OmegaConf.to_container(cfg), "spec": spec, "policy": policy.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": _rng_state(sampler), "step": step, "wall_time": wall(),
+            "skipped": skipped, "last_eval": last_eval, "n_train_episodes": len(train_ds.episodes)})
+
+    def run_eval() -> None:
+        nonlocal last_eval
+        if not cfg.eval_episodes:
+            return
+        bar.note("evaluating")
+        res = _evaluate(evaluator, cfg, step, out)
+        policy.train()
+        last_eval = {k: res[k] for k in ("success_rate", "mean_max_coverage")}
+        logger.log("eval", {"step": step, "wall_time": wall(), "success_rate": res["success_rate"],
+                            "mean_max_coverage": res["mean_max_coverage"],
+                            "std_max_coverage": res["std_max_coverage"], "mean_length": res["mean_length"],
+                            "episodes": res["episodes"]})
+
+    desc = f"{cfg.policy} {cfg.task} {cfg.obs} s{cfg.seed}"
+    bar = _Progress(cfg.progress, int(cfg.steps), min(step, int(cfg.steps)), desc)
+    sums: dict[str, float] = {}
+    n_sum, t_log = 0, time.time()
+    policy.train()
+    try:
+        while step < cfg.steps:
+            batch = _to(train_ds.sample(int(cfg.batch_size), sampler), cfg.device)
+            loss, metrics = policy.compute_loss(batch)
+            ok = bool(torch.isfinite(loss))
+            gn = math.nan
+            if ok:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                clip = float(cfg.grad_clip) if cfg.grad_clip else math.inf
+                gn = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                ok = math.isfinite(gn)
+                if ok:
+                    opt.step()
+                    if ema is not None:
+                        _ema_update(ema, policy, float(cfg.ema_decay))
+                opt.zero_grad(set_to_none=True)
+            skipped += not ok
+            sched.step()
+            step += 1
+            if ok:
+                for k, v in {"loss": loss.item(), "grad_norm": gn, **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_sum += 1
+            bar.update(1, loss=f"{loss.item():.4g}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.time()
+                row = {"step": step, "wall_time": wall(), "lr": sched.get_last_lr()[0], "skipped": skipped,
+                       "steps_per_s": (step % cfg.log_every or cfg.log_every) / max(now - t_log, 1e-9)}
+                row.update({k: v / max(n_sum, 1) for k, v in sums.items()})
+                logger.log("train", row)
+                sums, n_sum, t_log = {}, 0, now
+            if cfg.val_every and len(val_ds) and (step % cfg.val_every == 0 or step == cfg.steps):
+                bar.note("validating")
+                logger.log("val", {"step": step, "wall_time": wall(), **_validate(evaluator, val_ds, cfg)})
+            if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
+                run_eval()
+            if step == cfg.steps or step % ckpt_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        bar.close()
+        logger.close()
+        print(f"interrupted: the last checkpoint in {out} is kept; continue with resume=true")
+        raise
+    bar.close()
+    logger.close()
+    summary = {"out_dir": str(out), "step": step, "skipped": skipped, "last_eval": last_eval,
+               "wall_time": wall()}
+    ev = "" if last_eval is None else (f", success {last_eval['success_rate']:.2f}, "
+                                       f"mean max coverage {last_eval['mean_max_coverage']:.3f}")
+    print(f"done: {cfg.policy} on {cfg.task} ({cfg.obs}), {step} steps ({skipped} skipped){ev}, "
+          f"{wall():.0f} s; results in {out}")
+    return summary
+
+
+def main(cfg: DictConfig) -> int:
+    train(cfg)
+    return 0

@@ -1,0 +1,172 @@
+"""``difftop il``, ``difftop eval`` on IL checkpoints and ``difftop il-landscape``, end to end on a tiny
+synthetic zarr (written with difftop.data's writer) and the real Push-T environment, in-process."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from difftop.cli import main
+from difftop.data import EpisodeData, save_zarr
+from difftop.utils.checkpoint import load_checkpoint
+
+FAST = [
+    "steps=4",
+    "batch_size=8",
+    "log_every=2",
+    "val_every=2",
+    "val_batches=1",
+    "eval_every=0",
+    "eval_episodes=1",
+    "max_steps=4",
+    "eval_batch=1",
+    "threads=1",
+    "progress=false",
+    "tensorboard=false",
+]
+SMALL = {
+    "difftop": [
+        f"policies.difftop.{k}"
+        for k in (
+            "mlp_hidden=16",
+            "enc_hidden=16",
+            "fuse_hidden=16",
+            "latent_dim=8",
+            "posterior_dim=4",
+            "max_iters=20",
+        )
+    ],
+    "bc": ["policies.bc.hidden=[16,16]"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """6 episodes of 12 steps: Push-T-like states and actions (agent target near the agent)."""
+    rng = np.random.default_rng(0)
+    eps = []
+    for _ in range(6):
+        s = rng.uniform(50, 460, (12, 5)).astype(np.float32)
+        s[:, 4] = rng.uniform(0, 2 * np.pi, 12)
+        eps.append({"state": s, "action": (s[:, :2] + rng.normal(0, 10, (12, 2))).astype(np.float32)})
+    path = tmp_path_factory.mktemp("il") / "tiny.zarr"
+    save_zarr(EpisodeData.from_episodes(eps), path)
+    return path
+
+
+def _il(data, out, policy, *extra):
+    return main(
+        ["il", f"policy={policy}", f"data={data}", f"out_dir={out}", *FAST, *SMALL.get(policy, []), *extra]
+    )
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def bc_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bc")
+    assert _il(data, out, "bc", "video=true") == 0
+    return out
+
+
+def test_bc_run_writes_logs_checkpoint_and_a_rollout(bc_run):
+    rows = _rows(bc_run / "train.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert [int(r["step"]) for r in _rows(bc_run / "val.csv")] == [2, 4]
+    ev = _rows(bc_run / "eval.csv")
+    assert len(ev) == 1 and 0.0 <= float(ev[0]["mean_max_coverage"]) <= 1.0 and ev[0]["episodes"] == "1"
+    assert list((bc_run / "videos").glob("eval_00000004.*"))
+    state = load_checkpoint(bc_run / "checkpoint.pt", kind="il")
+    assert state["step"] == 4 and state["spec"]["name"] == "bc"
+    assert "normalizer.fields.action.scale" in state["policy"]  # the fitted normaliser travels with it
+
+
+def test_difftop_on_a_base_checkpoint_trains_and_evaluates(data, bc_run, tmp_path, capsys):
+    out = tmp_path / "dt"
+    assert _il(data, out, "difftop", f"base={bc_run}", "init=base", "video=false") == 0
+    state = load_checkpoint(out / "checkpoint.pt", kind="il")
+    spec = state["spec"]
+    assert spec["name"] == "difftop" and spec["params"]["init"] == "base" and spec["base"]["name"] == "bc"
+    assert spec["shape_meta"]["obs_horizon"] == 2 and spec["shape_meta"]["horizon"] == 2  # To=2, H=1
+    bc = load_checkpoint(bc_run / "checkpoint.pt")
+    for k, v in bc["policy"].items():  # the frozen base is inside, unchanged by training
+        assert torch.equal(state["policy"][f"base.{k}"], v)
+    rows = _rows(out / "train.csv")
+    assert {"mse", "kl", "solve_iters", "solve_failed"} <= set(rows[0])
+    capsys.readouterr()
+    assert main(["eval", f"checkpoint={out}", "episodes=2", "video=true", "threads=1"]) == 0
+    text = capsys.readouterr().out
+    assert "success rate" in text and "mean max coverage" in text
+    res = json.loads((out / "eval" / "eval.json").read_text())
+    assert res["episodes"] == 2 and res["seeds"] == [12345, 12346] and res["policy"] == "difftop"
+    assert len(res["max_coverage"]) == 2 and res["videos"]
+    # seeded: the same numbers again
+    assert main(["eval", f"checkpoint={out}", "episodes=2", "video=false", "threads=1"]) == 0
+    again = json.loads((out / "eval" / "eval.json").read_text())
+    assert again["max_coverage"] == res["max_coverage"]
+    # the landscape (paper Fig. 5) of this checkpoint
+    png = tmp_path / "land.png"
+    args = [f"checkpoint={out}", f"out={png}", "grid=9", "path_iters=5", "threads=1"]
+    assert main(["il-landscape", *args]) == 0
+    numbers = json.loads(png.with_suffix(".json").read_text())
+    assert png.stat().st_size > 0 and len(numbers["paths"]) == 2
+    assert np.allclose(numbers["paths"][0][0], numbers["init"], atol=1e-3)  # paths start at the init
+    assert np.allclose(numbers["paths"][0][-1], numbers["final"][0], atol=1e-3)
+
+
+def test_resume_continues_the_run_exactly(data, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    extra = ["steps=6", "checkpoint_every=3", "eval_episodes=0", "init=random"]
+    assert _il(data, full, "difftop", *extra) == 0
+    assert _il(data, part, "difftop", *extra[1:], "steps=3") == 0
+    assert load_checkpoint(part / "checkpoint.pt")["step"] == 3
+    assert _il(data, part, "difftop", *extra[1:], "steps=6") == 2  # an existing run needs resume=true
+    assert _il(data, part, "difftop", *extra, "resume=true") == 0
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    assert b["step"] == 6
+    for k in a["policy"]:
+        assert torch.equal(a["policy"][k], b["policy"][k]), k
+    # the shorter first run logged its end (step 3) too; the rows of steps 5-6 are the same numbers
+    assert [r["step"] for r in _rows(part / "train.csv")] == ["2", "3", "4", "6"]
+    assert _rows(part / "train.csv")[-1]["loss"] == _rows(full / "train.csv")[-1]["loss"]
+
+
+def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert _il(tmp_path / "missing.zarr", tmp_path / "a", "bc") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing.zarr" in err and "no such dataset" in err
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    (bad / "garbage").write_text("x")
+    assert _il(bad, tmp_path / "b", "bc") == 2
+    assert "bad.zarr" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((bc_run / "checkpoint.pt").read_bytes()[:200])  # truncated
+    assert main(["eval", f"checkpoint={corrupt}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unreadable" in err
+    assert _il(data, tmp_path / "c", "difftop", f"base={corrupt}") == 2  # never trains on random base weights
+    assert "unreadable" in capsys.readouterr().err
+    assert _il(data, tmp_path / "d", "difftop", f"base={tmp_path / 'nope.pt'}") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _il(data, tmp_path / "e", "nosuch") == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert _il(data, tmp_path / "f", "difftop", "init=base") == 2
+    assert "base=" in capsys.readouterr().err
+    assert main(["il-landscape", f"checkpoint={bc_run}", f"out={tmp_path / 'x.png'}"]) == 2
+    assert "needs difftop" in capsys.readouterr().err
