@@ -1,9 +1,12 @@
 """`difftop bench trajopt`: time solve+backward of every solver x backward setting.
 
 All rows run in one process on the same problem (TD-MPC sizes, see bench/problem.py) so
-the ratios between rows hold even on a loaded machine. Each timed run covers what an
-agent does per acting step: encode, warm start from pi, solve, and (with a backward) the
-backward pass of a loss on the first action into the encoder, dynamics, reward and Q.
+the ratios between rows hold even on a loaded machine; the timed runs are interleaved (round
+r times run r of every row) so that a load that comes and goes hits every row alike, and both
+wall-clock and process CPU time are reported (CPU time ignores time-slicing by other jobs).
+Each timed run covers what an agent does per acting step: encode, warm start from pi, solve,
+and (with a backward) the backward pass of a loss on the first action into the encoder,
+dynamics, reward and Q.
 """
 
 from __future__ import annotations
@@ -24,19 +27,25 @@ from difftop.trajopt import TrajOpt
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _time_runs(fn, runs: int, warmup: int, max_seconds: float) -> tuple[list[float], dict]:
-    out: dict = {}
-    for _ in range(warmup):
-        out = fn()
-    times: list[float] = []
-    start = time.perf_counter()
+def _time_interleaved(fns: dict, runs: int, warmup: int, max_seconds: float) -> tuple[dict, dict, dict]:
+    """Warm every row up, then `runs` rounds of one timed run per row; a row whose timed runs
+    have taken max_seconds in all stops after at least 3. Returns wall and CPU seconds per row,
+    and each row's last output."""
+    out = {}
+    for name, fn in fns.items():
+        for _ in range(max(warmup, 1)):
+            out[name] = fn()
+    wall: dict = {name: [] for name in fns}
+    cpu: dict = {name: [] for name in fns}
     for _ in range(runs):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > max_seconds and len(times) >= 3:
-            break
-    return times, out
+        for name, fn in fns.items():
+            if sum(wall[name]) > max_seconds and len(wall[name]) >= 3:
+                continue
+            t, c = time.perf_counter(), time.process_time()
+            out[name] = fn()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - t)
+    return wall, cpu, out
 
 
 def _solve_fn(P: PlanningProblem, layer: TrajOpt, with_backward: bool, w: torch.Tensor):
@@ -65,17 +74,20 @@ def _objective_at(P: PlanningProblem, z0: torch.Tensor, actions: torch.Tensor) -
         return P.objective(z0)(actions.clamp(-1, 1)).mean().item()
 
 
-def _row(name, solver, backward, B, times, out, P) -> dict:
-    info = out["info"]
-    J = _objective_at(P, out["z0"], out["actions"])
-    J0 = _objective_at(P, out["z0"], out["init"])
-    return {
-        "row": name, "solver": solver, "backward": backward, "batch": B, "n": len(times),
-        "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-        "J_init": J0, "J": J, "iters": info.iterations.double().mean().item(),
-        "converged": info.converged.double().mean().item(),
-        "flagged": (info.status != 0).double().mean().item(),
-    }
+def _row(name, solver, backward, options, B, wall, cpu, out, P) -> dict:
+    row = {"row": name, "solver": solver, "backward": backward, "options": options, "batch": B,
+           "n": len(wall),
+           "median_ms": 1e3 * statistics.median(wall), "min_ms": 1e3 * min(wall),
+           "cpu_ms": 1e3 * statistics.median(cpu), "J_init": float("nan"), "J": float("nan"),
+           "iters": float("nan"), "converged": float("nan"), "flagged": float("nan")}
+    info = out.get("info")
+    if info is not None:
+        row.update(J=_objective_at(P, out["z0"], out["actions"]),
+                   J_init=_objective_at(P, out["z0"], out["init"]),
+                   iters=info.iterations.double().mean().item(),
+                   converged=info.converged.double().mean().item(),
+                   flagged=(info.status != 0).double().mean().item())
+    return row
 
 
 def main(cfg: DictConfig) -> int:
@@ -86,7 +98,8 @@ def main(cfg: DictConfig) -> int:
     for B in cfg.batch_sizes:
         P = official_problem(int(B), obs_dim=pc.obs_dim, latent_dim=pc.latent_dim, mlp_dim=pc.mlp_dim,
                              horizon=pc.horizon, action_dim=pc.action_dim, gamma=pc.gamma, q_tau=pc.q_tau,
-                             head_gain=pc.head_gain, seed=int(cfg.seed), dtype=dtype)
+                             head_gain=pc.head_gain, seed=int(cfg.seed), dtype=dtype,
+                             batch_rewards=bool(pc.get("batch_rewards", False)))
         w = torch.randn(int(B), pc.action_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
         todo = [(r.name, r.solver, r.backward, dict(r.get("options", {}))) for r in cfg.rows
                 if int(B) in r.batches]
@@ -94,27 +107,35 @@ def main(cfg: DictConfig) -> int:
             opts = {"max_iters": cfg.theseus.max_iters, "step_size": cfg.theseus.step_size,
                     "damping": cfg.theseus.damping, "backward_iters": cfg.theseus.backward_iters}
             todo.append(("theseus-official", "theseus", "truncated", opts))
+        fns, meta = {}, {}
         for name, solver, backward, opts in todo:
             try:
                 layer = TrajOpt(solver=solver, backward=backward, **opts)
             except ImportError as e:
                 print(f"skipping {name}: {str(e).splitlines()[0]}")
                 continue
-            fn = _solve_fn(P, layer, backward != "none", w)
-            times, out = _time_runs(fn, int(cfg.runs), int(cfg.warmup), float(cfg.max_row_seconds))
-            row = _row(name, solver, backward, int(B), times, out, P)
-            results.append(row)
-            print(f"B={B:<4d} {name:20s} {row['median_ms']:10.1f} ms  (n={row['n']})  J {row['J']:.4f} "
-                  f"(init {row['J_init']:.4f})  iters {row['iters']:.1f}  converged {row['converged']:.2f}",
-                  flush=True)
+            fns[name] = _solve_fn(P, layer, backward != "none", w)
+            meta[name] = (solver, backward, " ".join(f"{k}={v}" for k, v in opts.items()))
         if cfg.mppi.enabled and int(B) == 1:
-            results.append(_bench_mppi(cfg, P))
+            fns["mppi-tdmpc"] = _mppi_fn(cfg, P)
+            m = cfg.mppi
+            meta["mppi-tdmpc"] = ("mppi", "none", f"iterations={m.iterations} num_samples={m.num_samples} "
+                                                  f"num_elites={m.num_elites} mixture_coef={m.mixture_coef}")
+        print(f"B={B}: {len(fns)} rows, {cfg.runs} interleaved rounds", flush=True)
+        wall, cpu, out = _time_interleaved(fns, int(cfg.runs), int(cfg.warmup), float(cfg.max_row_seconds))
+        for name in fns:
+            row = _row(name, *meta[name], int(B), wall[name], cpu[name], out[name], P)
+            results.append(row)
+            print(f"B={B:<4d} {name:24s} {row['median_ms']:10.1f} ms  cpu {row['cpu_ms']:9.1f} ms  "
+                  f"(n={row['n']})  J {row['J']:.4f} (init {row['J_init']:.4f})  iters {row['iters']:.1f}  "
+                  f"converged {row['converged']:.2f}", flush=True)
+    _add_theseus_ratio(results)
     ratios = _ratios(results, cfg.reference)
     _save(cfg, results, ratios)
     return 0
 
 
-def _bench_mppi(cfg: DictConfig, P: PlanningProblem) -> dict:
+def _mppi_fn(cfg: DictConfig, P: PlanningProblem):
     from difftop.rl.mppi import MPPIPlanner
 
     m = cfg.mppi
@@ -127,13 +148,16 @@ def _bench_mppi(cfg: DictConfig, P: PlanningProblem) -> dict:
             a = planner.plan(z0, t0=True, eval_mode=False, horizon=P.horizon, std=0.05)
         return {"a": a}
 
-    times, _ = _time_runs(run, int(cfg.runs), int(cfg.warmup), float(cfg.max_row_seconds))
-    row = {"row": "mppi-tdmpc", "solver": "mppi", "backward": "none", "batch": 1, "n": len(times),
-           "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "J_init": float("nan"),
-           "J": float("nan"), "iters": float(m.iterations), "converged": float("nan"),
-           "flagged": float("nan")}
-    print(f"B=1    {'mppi-tdmpc':20s} {row['median_ms']:10.1f} ms  (n={row['n']})", flush=True)
-    return row
+    return run
+
+
+def _add_theseus_ratio(results: list[dict]) -> None:
+    """Each row's median wall and CPU time over the Theseus row's, at the same batch size."""
+    base = {r["batch"]: r for r in results if r["row"] == "theseus-official"}
+    for r in results:
+        b = base.get(r["batch"])
+        r["vs_theseus"] = r["median_ms"] / b["median_ms"] if b else float("nan")
+        r["vs_theseus_cpu"] = r["cpu_ms"] / b["cpu_ms"] if b else float("nan")
 
 
 def _ratios(results: list[dict], reference: str) -> list[dict]:
@@ -148,6 +172,7 @@ def _ratios(results: list[dict], reference: str) -> list[dict]:
                 b = by[base]
                 out.append({"batch": B, "row": reference, "vs": base,
                             "time_ratio": ref["median_ms"] / b["median_ms"],
+                            "cpu_ratio": ref["cpu_ms"] / b["cpu_ms"],
                             "J": ref["J"], "J_vs": b["J"],
                             "J_not_worse": bool(b["J"] != b["J"] or ref["J"] >= b["J"] - 1e-6)})
     return out
@@ -170,19 +195,23 @@ def _save(cfg: DictConfig, results: list[dict], ratios: list[dict]) -> None:
              f"dtype {cfg.dtype}, median of n timed runs after {cfg.warmup} warm-up runs. "
              f"Problem: latent {cfg.problem.latent_dim}, MLP {cfg.problem.mlp_dim}, horizon "
              f"{cfg.problem.horizon}, action dim {cfg.problem.action_dim}, q_tau {cfg.problem.q_tau}. "
-             "Time = encode + pi warm start + solve + backward of a loss on the first action.", "",
-             "| batch | row | solver | backward | n | median ms | J init | J final | iters | converged |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Time = encode + pi warm start + solve + backward of a loss on the first action. "
+             "Timed runs interleaved across rows; cpu = process CPU time; x Theseus = median wall time "
+             "over the theseus-official row's at the same batch.", "",
+             "| batch | row | solver | backward | options | n | median ms | cpu ms | x Theseus | J init "
+             "| J final | iters | converged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['batch']} | {r['row']} | {r['solver']} | {r['backward']} | {r['n']} | "
-                     f"{r['median_ms']:.1f} | {r['J_init']:.4f} | {r['J']:.4f} | {r['iters']:.1f} | "
-                     f"{r['converged']:.2f} |")
+        lines.append(f"| {r['batch']} | {r['row']} | {r['solver']} | {r['backward']} | {r['options']} | "
+                     f"{r['n']} | "
+                     f"{r['median_ms']:.1f} | {r['cpu_ms']:.1f} | {r['vs_theseus']:.3f} | "
+                     f"{r['J_init']:.4f} | {r['J']:.4f} | {r['iters']:.1f} | {r['converged']:.2f} |")
     if ratios:
-        lines += ["", "| batch | row | vs | time ratio | J row | J vs | J not worse |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| batch | row | vs | time ratio | cpu ratio | J row | J vs | J not worse |",
+                  "|---|---|---|---|---|---|---|---|"]
         for q in ratios:
-            lines.append(f"| {q['batch']} | {q['row']} | {q['vs']} | {q['time_ratio']:.3f} | {q['J']:.4f} | "
-                         f"{q['J_vs']:.4f} | {q['J_not_worse']} |")
+            lines.append(f"| {q['batch']} | {q['row']} | {q['vs']} | {q['time_ratio']:.3f} | "
+                         f"{q['cpu_ratio']:.3f} | {q['J']:.4f} | {q['J_vs']:.4f} | {q['J_not_worse']} |")
     Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
     config = OmegaConf.to_container(cfg, resolve=True)
     Path(f"{stem}.json").write_text(json.dumps({"env": env, "config": config,

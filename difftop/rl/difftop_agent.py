@@ -87,7 +87,7 @@ class DiffTOPAgent(TDMPCAgent):
         m, tau = self.model, self.q_tau
         return latent_objective(z0, m.dynamics, m.reward,
                                 terminal=lambda z, a: smooth_min(*m.Q(z, a), tau=tau),
-                                gamma=self.cfg.discount)
+                                gamma=self.cfg.discount, batch_rewards=True)
 
     def solve(self, z0: torch.Tensor, step: int, explore: bool, record: bool = True) -> torch.Tensor:
         """a* (B, H+1, m) for latents z0 (B, latent); differentiable when grad mode is on.

@@ -14,15 +14,22 @@ class Box:
 
     def __init__(self, low, high, shape: torch.Size, dtype: torch.dtype, device: torch.device):
         B = shape[0]
+        scalars = isinstance(low, (int, float)) and isinstance(high, (int, float))
+        if scalars:  # checked in Python: no tensor op, no device sync (the common case)
+            if low != low or high != high:
+                raise ValueError("trajopt: bounds contain NaN")
+            if low > high:
+                raise ValueError("trajopt: some lower bound is above its upper bound")
         low = torch.as_tensor(low, dtype=dtype, device=device)
         high = torch.as_tensor(high, dtype=dtype, device=device)
         # Accept bounds shaped like the actions (B,H,m), like one step (m,), or scalars.
         self.low = torch.broadcast_to(low, shape).reshape(B, -1)
         self.high = torch.broadcast_to(high, shape).reshape(B, -1)
-        if torch.isnan(self.low).any() or torch.isnan(self.high).any():
-            raise ValueError("trajopt: bounds contain NaN")
-        if (self.low > self.high).any():
-            raise ValueError("trajopt: some lower bound is above its upper bound")
+        if not scalars:
+            if torch.isnan(self.low).any() or torch.isnan(self.high).any():
+                raise ValueError("trajopt: bounds contain NaN")
+            if (self.low > self.high).any():
+                raise ValueError("trajopt: some lower bound is above its upper bound")
         self.width = (self.high - self.low).clamp(max=1e6)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +41,3 @@ class Box:
         at_low = x <= self.low
         at_high = x >= self.high
         return (at_low & (g <= 0)) | (at_high & (g >= 0))
-
-    def projected_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Gradient with outward components at active bounds removed; zero at a KKT point."""
-        return torch.where(self.fixed_mask(x, g), torch.zeros_like(g), g)

@@ -24,6 +24,11 @@ class Problem:
         self.batch = shape[0]
         self.n = shape[1] * shape[2]
         self._eye = None
+        # When `record` is set, value_grad keeps the graph of its evaluation in `recorded`
+        # (x_leaf, J, g): the implicit backward reuses it if the solve ends at that point,
+        # instead of evaluating the objective once more (see run_solver).
+        self.record = False
+        self.recorded: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _call(self, x: Tensor) -> Tensor:
         J = self.objective(x.reshape(self.shape))
@@ -48,6 +53,10 @@ class Problem:
             return self._call(x)
 
     def value_grad(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        if self.record and not create_graph:
+            J, g, xl = self.grad_graph(x)
+            self.recorded = (xl, J, g)
+            return J.detach(), g.detach()
         with torch.enable_grad():
             xl = self._leaf(x, create_graph)
             J = self._call(xl)

@@ -7,11 +7,16 @@ w^T d g / d theta with w = (-H_FF)^{-1} v_F. We therefore return an output that 
 in value and whose backward sends w into the graph of g = grad_a J(a*, theta): autograd
 then carries it to every tensor J closes over (latent state, network parameters).
 
--H_FF is positive definite at a strict maximum. Where it is not (saddle, flat objective
-with zero-initialised heads), the system is damped and the sample flagged IMPLICIT_DAMPED:
-dense mode flips and floors eigenvalues; conjugate-gradient mode detects non-positive
-curvature and restarts that sample with a shift. The shift `fallback` makes a flat problem
-give the gradient of one unit gradient step (first-order fallback).
+Exact solves (converged samples): -H_FF is positive definite at a strict maximum. Where it is
+not (saddle, flat objective with zero-initialised heads), the system is damped and the sample
+flagged IMPLICIT_DAMPED: dense mode flips and floors eigenvalues; conjugate-gradient mode detects
+non-positive curvature and restarts that sample with a shift. The shift `fallback` makes a flat
+problem give the gradient of one unit gradient step (first-order fallback).
+
+Non-converged samples (a solve cut short by max_iters, the usual case in a training loop) have
+no implicit derivative to be exact about; by default they use the L-BFGS memory of the forward
+solve as the inverse Hessian (Ramzi et al. 2022, "SHINE: sharing the inverse estimate from the
+forward pass"), which costs no Hessian product, and are flagged IMPLICIT_INEXACT.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from .info import IMPLICIT_DAMPED
 from .solvers.first_order import LBFGS
 from .solvers.second_order import restrict
 
+Solve = Callable[[Tensor], Tensor]
+
 
 class _ImplicitGrad(torch.autograd.Function):
     """Identity on a* in value; in backward, v -> w = solve(v) sent to g."""
 
     @staticmethod
-    def forward(ctx, x_star: Tensor, g: Tensor, solve: Callable[[Tensor], Tensor]):
+    def forward(ctx, x_star: Tensor, g: Tensor, solve: Solve):
         ctx.solve = solve
         return x_star.clone()
 
@@ -39,33 +46,52 @@ class _ImplicitGrad(torch.autograd.Function):
         return None, ctx.solve(v), None
 
 
-def dense_solver(H: Tensor, fixed: Tensor, floor: float, fallback: float, status: Tensor):
-    """Eigendecomposition of -H_FF once in forward; returns the backward solve."""
+def memory_solver(memory: dict | None, fixed: Tensor, fallback: float) -> Solve:
+    """w = M v_F with M the solver's quasi-Newton inverse Hessian on the free variables.
+
+    Without a memory (pgd, or no positive-curvature pair yet) M = I / fallback: the gradient of
+    one gradient step (Jacobian-free backpropagation)."""
+
+    def solve(v: Tensor) -> Tensor:
+        f = (~fixed).to(v.dtype)
+        vf = v * f
+        if memory is None:
+            return vf / fallback
+        return LBFGS.apply_inverse(memory, vf, f) * f
+
+    return solve
+
+
+def dense_solver(H: Tensor, fixed: Tensor, floor: float, fallback: float, status: Tensor,
+                 exact: Tensor, approx: Solve) -> Solve:
+    """Eigendecomposition of -H_FF once in forward; returns the backward solve (approx where ~exact)."""
     A = restrict(H.detach(), fixed)
     evals, V = torch.linalg.eigh(A)
     scale = evals.abs().amax(-1, keepdim=True)
     lo = (floor * scale).clamp(min=torch.finfo(A.dtype).eps)
     ok = evals >= lo
     mu = torch.where(ok, evals, torch.maximum(evals.abs(), torch.maximum(lo, torch.full_like(lo, fallback))))
-    damped = ~ok.all(-1)
+    damped = ~ok.all(-1) & exact
     status |= torch.where(damped, IMPLICIT_DAMPED, 0)
     free = (~fixed).to(H.dtype)
+    every = bool(exact.all())
 
     def solve(v: Tensor) -> Tensor:
         vf = v * free
-        w = V @ ((V.transpose(-1, -2) @ vf.unsqueeze(-1)) / mu.unsqueeze(-1))
-        return w.squeeze(-1) * free
+        w = (V @ ((V.transpose(-1, -2) @ vf.unsqueeze(-1)) / mu.unsqueeze(-1))).squeeze(-1) * free
+        return w if every else torch.where(exact.unsqueeze(-1), w, approx(v))
 
     return solve
 
 
 def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, tol: float, max_iters: int,
-              fallback: float, status: Tensor):
+              fallback: float, status: Tensor, exact: Tensor, approx: Solve) -> Solve:
     """Preconditioned conjugate gradients on Hessian-vector products, run lazily in backward.
 
-    The L-BFGS pairs of the forward solve (when there are some) precondition the system, so
-    a few products usually suffice; flags for damped samples are written into `status`
-    (the info returned by the forward) when backward runs.
+    Only the `exact` samples iterate (the others take `approx`). The L-BFGS pairs of the forward
+    solve (when there are some) precondition the system, so a few products usually suffice;
+    flags for damped samples are written into `status` (the info returned by the forward) when
+    backward runs.
     """
     free = (~fixed).to(g.dtype)
 
@@ -78,11 +104,11 @@ def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, 
     def precond(r: Tensor) -> Tensor:
         if memory is None:
             return r
-        return LBFGS.apply_inverse(memory, r) * free
+        return LBFGS.apply_inverse(memory, r, free) * free
 
     def solve(v: Tensor) -> Tensor:
         with torch.no_grad():
-            b = (v * free).detach()
+            b = (v * free * exact.unsqueeze(-1)).detach()
             B = b.shape[0]
             lam = torch.zeros(B, dtype=b.dtype, device=b.device)
             bnorm = b.norm(dim=-1)
@@ -97,7 +123,7 @@ def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, 
             z = precond(r)
             p = z.clone()
             rz = (r * z).sum(-1)
-            done = bnorm == 0
+            done = (bnorm == 0) | ~exact
             damped = torch.zeros(B, dtype=torch.bool, device=b.device)
             for _ in range(max_iters):
                 if bool(done.all()):
@@ -131,10 +157,11 @@ def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, 
                 p = torch.where(done.unsqueeze(-1), p, z + beta.unsqueeze(-1) * p)
                 rz = rz_new
             status.bitwise_or_(torch.where(damped, IMPLICIT_DAMPED, 0))
-            return w * free
+            w = w * free
+            return w if bool(exact.all()) else torch.where(exact.unsqueeze(-1), w, approx(v))
 
     return solve
 
 
-def implicit_output(x_star: Tensor, g: Tensor, solve) -> Tensor:
+def implicit_output(x_star: Tensor, g: Tensor, solve: Solve) -> Tensor:
     return _ImplicitGrad.apply(x_star.detach(), g, solve)

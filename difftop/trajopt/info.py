@@ -19,6 +19,8 @@ DAMPED = 4  # the Newton/LM system was indefinite or singular and had to be damp
 IMPLICIT_DAMPED = 8  # the Hessian at the solution was not negative definite: implicit gradient damped
 NOT_CONVERGED = 16  # reached max_iters without meeting the tolerance
 BACKWARD_FALLBACK = 32  # backward could not use the requested mode for this sample
+IMPLICIT_INEXACT = 64  # implicit backward at a non-converged point: the solver's quasi-Newton estimate of
+#                        the inverse Hessian replaced the exact solve (TrajOpt(implicit_unconverged=...))
 
 FLAG_NAMES = {
     NONFINITE_INIT: "nonfinite_init",
@@ -27,6 +29,7 @@ FLAG_NAMES = {
     IMPLICIT_DAMPED: "implicit_damped",
     NOT_CONVERGED: "not_converged",
     BACKWARD_FALLBACK: "backward_fallback",
+    IMPLICIT_INEXACT: "implicit_inexact",
 }
 
 

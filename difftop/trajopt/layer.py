@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from .box import Box
 from .evaluate import Problem
-from .implicit import cg_solver, dense_solver, implicit_output
-from .info import NONFINITE_INIT, TrajOptInfo
+from .implicit import cg_solver, dense_solver, implicit_output, memory_solver
+from .info import IMPLICIT_INEXACT, NONFINITE_INIT, TrajOptInfo
 from .solvers import Solver, make_solver, run_solver
 
 BACKWARD_MODES = ("implicit", "unroll", "truncated", "none")
+UNCONVERGED_MODES = ("memory", "exact")
 
 
 class TrajOpt(nn.Module):
@@ -32,7 +33,17 @@ class TrajOpt(nn.Module):
       lm/newton which end with it), "cg" (conjugate gradients on Hessian-vector products,
       preconditioned by the L-BFGS memory; no n x n Hessian ever formed), or "auto" (dense when
       the solver has the Hessian or the batch is at most `dense_max_batch`, else cg).
+    implicit_unconverged: what the implicit backward does for a sample whose solve did not converge
+      (there is no implicit derivative to be exact about): "memory" (default) uses the L-BFGS
+      inverse-Hessian estimate of the forward solve, no Hessian product (SHINE; pgd: one gradient
+      step's gradient; newton/lm: their final Hessian, as "exact"), flagged IMPLICIT_INEXACT;
+      "exact" solves with the true Hessian as for converged samples (damped where indefinite).
+      Converged samples are always exact.
     tol: a sample has converged when its projected gradient's inf-norm <= tol * max(1, |J|).
+    ftol: a sample also stops, not converged, once an accepted step raised J by at most
+      ftol * max(1, |J|) (the objective no longer improves meaningfully); 0 (default) disables it.
+    solver_options: of the solver, e.g. lbfgs: memory (8), sign_iters (4: the first iterations are
+      per-coordinate sign steps, see solvers.first_order.LBFGS), sign_step (0.125 of the box width).
     """
 
     def __init__(self, solver: str = "lbfgs", backward: str = "implicit", max_iters: int = 50,
@@ -40,19 +51,23 @@ class TrajOpt(nn.Module):
                  implicit_fallback: float = 1.0, implicit_eig_floor: float = 1e-8,
                  cg_tol: float | None = None, cg_max_iters: int | None = None,
                  low: float | Tensor = -1.0, high: float | Tensor = 1.0, dense_max_batch: int = 16,
-                 **solver_options):
+                 implicit_unconverged: str = "memory", ftol: float = 0.0, **solver_options):
         super().__init__()
         if backward not in BACKWARD_MODES:
             raise ValueError(
                 f"unknown trajopt backward mode {backward!r}; choose one of {list(BACKWARD_MODES)}")
         if implicit_solver not in ("auto", "dense", "cg"):
             raise ValueError(f"implicit_solver must be auto, dense or cg, got {implicit_solver!r}")
-        if max_iters < 0 or backward_iters < 0:
-            raise ValueError("max_iters and backward_iters must be >= 0")
+        if implicit_unconverged not in UNCONVERGED_MODES:
+            raise ValueError(f"implicit_unconverged must be one of {list(UNCONVERGED_MODES)}, "
+                             f"got {implicit_unconverged!r}")
+        if max_iters < 0 or backward_iters < 0 or not ftol >= 0:
+            raise ValueError("max_iters, backward_iters and ftol must be >= 0")
         self.solver_name = solver
         self.backward = backward
         self.max_iters = int(max_iters)
         self.tol = float(tol)
+        self.ftol = float(ftol)
         self.backward_iters = int(backward_iters)
         self.implicit_solver = implicit_solver
         self.implicit_fallback = float(implicit_fallback)
@@ -60,6 +75,7 @@ class TrajOpt(nn.Module):
         self.cg_tol = cg_tol
         self.cg_max_iters = cg_max_iters
         self.dense_max_batch = int(dense_max_batch)
+        self.implicit_unconverged = implicit_unconverged
         self.low, self.high = low, high
         self.solver_options = dict(solver_options)
         if solver == "theseus":
@@ -104,7 +120,7 @@ class TrajOpt(nn.Module):
         mode = self.backward if grad_on else "none"
         res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=self.tol,
                          graph_iters=self.backward_iters if mode == "truncated" else 0,
-                         unroll=mode == "unroll")
+                         unroll=mode == "unroll", record_last=mode == "implicit", ftol=self.ftol)
         x = res.x
         if mode == "implicit":
             x = self._implicit(prob, box, res)
@@ -117,7 +133,12 @@ class TrajOpt(nn.Module):
 
     def _implicit(self, prob: Problem, box: Box, res) -> Tensor:
         x_star = res.x.detach()
-        J, g, x_leaf = prob.grad_graph(x_star)
+        rec = prob.recorded
+        if rec is not None and torch.equal(rec[0].detach(), x_star):
+            x_leaf, J, g = rec  # the last evaluation was at the solution (every sample): reuse its graph
+        else:
+            J, g, x_leaf = prob.grad_graph(x_star)
+        prob.recorded = None
         if not g.requires_grad:  # nothing the objective closes over requires grad
             return x_star
         # Samples whose objective is not finite at the returned actions (left at init) get no
@@ -126,33 +147,45 @@ class TrajOpt(nn.Module):
         failed = ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J.detach()) \
             | ~torch.isfinite(g.detach()).all(-1)
         fixed = box.fixed_mask(x_star, g.detach()) | failed.unsqueeze(-1)
-        n = x_star.shape[1]
+        memory = res.extra if "S" in res.extra else None
+        # newton/lm end with the Hessian itself: their "memory" is exact (damped where indefinite).
+        cheap = self.implicit_unconverged == "memory" and res.H is None
+        exact = res.converged | failed if cheap else torch.ones_like(failed)
+        res.status |= torch.where(exact, 0, IMPLICIT_INEXACT)
+        approx = memory_solver(memory, fixed, self.implicit_fallback)
         kind = self.implicit_solver
         if kind == "auto":
             # Measured (bench trajopt): one dense Hessian costs ~10-15 gradient evaluations and is
             # overhead-bound at small batch, where it beats a sequence of CG products; at large
-            # batch it is FLOP-bound and a few preconditioned CG products are cheaper.
+            # batch it is FLOP-bound and a few preconditioned CG products are cheaper. Either runs
+            # only when some sample needs the exact solve (converged, or implicit_unconverged="exact").
             small = x_star.shape[0] <= self.dense_max_batch
             kind = "dense" if (res.H is not None or small) else "cg"
-        if kind == "dense":
-            H = res.H
-            if H is None:
-                _, _, H = prob.value_grad_hess(x_star)
-                # A NaN matrix makes the batched eigendecomposition raise for the whole batch:
-                # failed samples (or a non-finite Hessian) get -I and all variables fixed.
-                failed = failed | ~torch.isfinite(H).all(-1).all(-1)
-                fixed = fixed | failed.unsqueeze(-1)
-                eye = torch.eye(n, dtype=H.dtype, device=H.device).expand_as(H)
-                H = torch.where(failed.view(-1, 1, 1), -eye, H)
-            solve = dense_solver(H, fixed, self.implicit_eig_floor, self.implicit_fallback, res.status)
+        if res.H is None and not bool((exact & ~failed).any()):
+            solve = approx  # no sample needs the true Hessian: no Hessian product at all
+        elif kind == "dense":
+            solve = self._dense(prob, x_star, res, fixed, failed, exact, approx)
         else:
             eps = torch.finfo(x_star.dtype).eps
             tol = self.cg_tol if self.cg_tol is not None else 10 * eps ** (2 / 3)
-            max_it = self.cg_max_iters if self.cg_max_iters is not None else 2 * n
-            memory = res.extra if "S" in res.extra else None
+            max_it = self.cg_max_iters if self.cg_max_iters is not None else 2 * x_star.shape[1]
             solve = cg_solver(g, x_leaf, fixed, memory, tol=tol, max_iters=max_it,
-                              fallback=self.implicit_fallback, status=res.status)
+                              fallback=self.implicit_fallback, status=res.status, exact=exact, approx=approx)
         return implicit_output(x_star, g, solve)
+
+    def _dense(self, prob: Problem, x_star: Tensor, res, fixed: Tensor, failed: Tensor, exact: Tensor,
+               approx):
+        H = res.H
+        if H is None:
+            _, _, H = prob.value_grad_hess(x_star)
+            # A NaN matrix makes the batched eigendecomposition raise for the whole batch:
+            # failed samples (or a non-finite Hessian) get -I and all variables fixed.
+            bad = failed | ~torch.isfinite(H).all(-1).all(-1)
+            fixed = fixed | bad.unsqueeze(-1)
+            eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device).expand_as(H)
+            H = torch.where(bad.view(-1, 1, 1), -eye, H)
+        return dense_solver(H, fixed, self.implicit_eig_floor, self.implicit_fallback, res.status, exact,
+                            approx)
 
 
 def optimize(objective: Callable[[Tensor], Tensor], init: Tensor, *, low=-1.0, high=1.0,

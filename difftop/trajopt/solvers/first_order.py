@@ -1,8 +1,8 @@
 """Cheap solvers that need only gradients: projected gradient ascent and projected L-BFGS.
 
-These are the fast path: one value+gradient evaluation per iteration when the first trial
-step is accepted, so at batch 1 (where each evaluation costs per-op overhead) and at batch
-256 (where it costs FLOPs) they do far less work per iteration than a dense Hessian.
+These are the fast path: one value+gradient evaluation per iteration (lbfgs always; pgd when
+its first trial step is accepted), so at batch 1 (where each evaluation costs per-op overhead)
+and at batch 256 (where it costs FLOPs) they do far less work per iteration than a dense Hessian.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..box import Box
 from ..evaluate import Problem
-from .base import Solver, State, where_rows
+from .base import Solver, State, all_finite, rounding_accept, where_rows
 
 
 def _initial_alpha(gF: Tensor, box: Box) -> Tensor:
@@ -32,12 +32,12 @@ class ProjectedGradient(Solver):
 
     name = "pgd"
 
-    def init_memory(self, st: State) -> dict:
+    def init_memory(self, st: State, box: Box) -> dict:
         return {"alpha": torch.full_like(st.J.detach(), float("nan"))}
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
-             force: Tensor | None = None):
-        fixed = box.fixed_mask(st.x.detach(), st.g.detach())
+             force: Tensor | None = None, fixed: Tensor | None = None):
+        fixed = box.fixed_mask(st.x.detach(), st.g.detach()) if fixed is None else fixed
         d = torch.where(fixed, torch.zeros_like(st.g), st.g)
         prev = st.extra["alpha"]
         forced = _forced(force, active)
@@ -59,105 +59,195 @@ class ProjectedGradient(Solver):
 
 
 class LBFGS(Solver):
-    """Projected L-BFGS: two-loop recursion on the free variables, projected backtracking.
+    """Projected L-BFGS on the free variables, started with a few sign steps; one evaluation per iteration.
 
-    Its curvature pairs are kept after the solve: they precondition the conjugate-gradient
-    solve of the implicit backward pass (difftop.trajopt.implicit).
+    Why the sign (Rprop) start: latent planning objectives are badly scaled across the horizon
+    (the terminal value's gradient is ~100x the first reward's) and their maxima sit mostly on
+    the bounds. A step of D_i * sign(g_i) per coordinate, with D_i grown by 1.2 while g_i keeps
+    its sign and halved when it flips, moves every coordinate at its own pace: on the TD-MPC-size
+    benchmark it passes Theseus' final objective in 3-4 evaluations where gradient-scaled L-BFGS
+    needs 10-20. After `sign_iters` iterations quasi-Newton steps take over for fast convergence;
+    the sign steps' curvature pairs seed the memory.
+
+    Why one evaluation per iteration: a rejected trial is retried at the next iteration with a
+    shorter step (quadratic interpolation, per sample) instead of backtracking inside the
+    iteration, which evaluated the whole batch again for the few samples that needed it.
+
+    The memory is applied in the compact form of Byrd, Nocedal and Schnabel (a handful of
+    batched small matrix products instead of the two-loop recursion's ~10 ops per pair), and is
+    kept after the solve: it preconditions the conjugate-gradient implicit backward.
+    sign_step: first sign step as a fraction of the box width (0.125: 0.25 for [-1, 1]).
     """
 
     name = "lbfgs"
 
-    def __init__(self, memory: int = 8, reduced: bool = True, **kw):
+    def __init__(self, memory: int = 8, reduced: bool = True, sign_iters: int = 4, sign_step: float = 0.125,
+                 **kw):
         super().__init__(**kw)
+        if memory < 1 or sign_iters < 0 or not sign_step > 0:
+            raise ValueError("lbfgs: memory must be >= 1, sign_iters >= 0 and sign_step > 0")
         self.memory = int(memory)
         self.reduced = bool(reduced)
+        self.sign_iters = int(sign_iters)
+        self.sign_step = float(sign_step)
 
-    def init_memory(self, st: State) -> dict:
+    def init_memory(self, st: State, box: Box) -> dict:
         B, n = st.x.shape
         M = self.memory
-        z = st.x.detach().new_zeros
+        x = st.x.detach()
+        width = box.width.clamp(max=2.0)  # unbounded coordinates step as in a [-1, 1] box
         return {
-            "S": z(B, M, n), "Y": z(B, M, n), "rho": z(B, M),
-            "valid": torch.zeros(B, M, dtype=torch.bool, device=st.x.device),
-            "gamma": z(B) + 1.0, "ptr": 0, "npairs": z(B),
+            "S": x.new_zeros(B, M, n), "Y": x.new_zeros(B, M, n),  # pairs, oldest first
+            "valid": torch.zeros(B, M, dtype=torch.bool, device=x.device), "gamma": x.new_ones(B),
+            "D": self.sign_step * width, "D_max": 0.5 * width,  # sign-step lengths per coordinate
+            "hold": torch.zeros_like(x, dtype=torch.bool),  # coordinates whose gradient just flipped
+            "k": 0,  # iterations taken: the first sign_iters are sign steps
+            "d": torch.zeros_like(x), "alpha": x.new_ones(B),  # quasi-Newton trial being shortened
+            "retry": torch.zeros(B, dtype=torch.bool, device=x.device),
+            "nrej": torch.zeros(B, dtype=torch.long, device=x.device),
         }
 
     @staticmethod
     def apply_inverse(mem: dict, q: Tensor, free: Tensor | None = None) -> Tensor:
-        """Two-loop recursion: approximately (-Hessian)^-1 q, per sample (batched).
+        """Approximately (-Hessian)^-1 q per sample, from the valid pairs (compact L-BFGS form).
 
+        H q = gamma q + S R^-T ((D + gamma Y'Y) u - gamma Y'q) - gamma Y u,  u = R^-1 S'q, with
+        R = triu(S'Y), D = diag(S'Y) over the pairs in chronological order. Invalid pairs are
+        zeroed with a unit diagonal in R, which decouples them exactly.
         free: (B, n) 0/1 mask; the pairs are then restricted to the free variables (reduced
-        space), so curvature seen while a variable moved does not leak into a step where it
-        is held at a bound.
+        space), so curvature seen while a variable moved does not leak into a step where it is
+        held at a bound.
         """
-        S, Y, rho, valid = mem["S"], mem["Y"], mem["rho"], mem["valid"]
+        S, Y, valid, gamma = mem["S"], mem["Y"], mem["valid"], mem["gamma"]
         if free is not None:
             S = S * free.unsqueeze(1)
             Y = Y * free.unsqueeze(1)
             sy = (S * Y).sum(-1)
             valid = valid & (sy > 1e-10 * (Y * Y).sum(-1).clamp(min=1e-30))
-            rho = 1.0 / sy.clamp(min=1e-30)
-        M = S.shape[1]
-        ptr = mem["ptr"]
-        order = [(ptr - 1 - i) % M for i in range(M)]  # newest first
-        alphas = []
-        q = q.clone()
-        for j in order:
-            a = torch.where(valid[:, j], rho[:, j] * (S[:, j] * q).sum(-1), torch.zeros_like(rho[:, j]))
-            q = q - a.unsqueeze(-1) * Y[:, j]
-            alphas.append(a)
-        r = mem["gamma"].unsqueeze(-1) * q
-        for j, a in zip(reversed(order), reversed(alphas)):
-            b = torch.where(valid[:, j], rho[:, j] * (Y[:, j] * r).sum(-1), torch.zeros_like(rho[:, j]))
-            r = r + (a - b).unsqueeze(-1) * S[:, j]
-        return r
+        v = valid.to(q.dtype).unsqueeze(-1)
+        S, Y = S * v, Y * v
+        SY = S @ Y.transpose(1, 2)
+        R = torch.triu(SY) + torch.diag_embed(1.0 - v.squeeze(-1))
+        g = gamma.view(-1, 1, 1)
+        qc = q.unsqueeze(-1)
+        u = torch.linalg.solve_triangular(R, S @ qc, upper=True)
+        w = SY.diagonal(dim1=1, dim2=2).unsqueeze(-1) * u + g * (Y @ (Y.transpose(1, 2) @ u) - Y @ qc)
+        t = torch.linalg.solve_triangular(R.transpose(1, 2), w, upper=False)
+        return (g * qc + S.transpose(1, 2) @ t - g * (Y.transpose(1, 2) @ u)).squeeze(-1)
 
-    def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
-             force: Tensor | None = None):
-        mem = st.extra
-        fixed = box.fixed_mask(st.x.detach(), st.g.detach())
-        gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
+    def _quasi_newton_trial(self, mem: dict, box: Box, gF: Tensor, fixed: Tensor, forced: Tensor | None,
+                            new_dir: Tensor):
+        """New direction and first step length for the samples in new_dir; others keep theirs."""
         d = self.apply_inverse(mem, gF, (~fixed).to(gF.dtype) if self.reduced else None)
-        d = torch.where(fixed, torch.zeros_like(d), d)
+        d = d.masked_fill(fixed, 0.0)
         has_pairs = mem["valid"].any(-1)
         ascent = (gF.detach() * d.detach()).sum(-1) > 0
         # Forced (differentiated, truncated-mode) steps at a solution use the memory as it is: its
         # ascent test is on rounding noise there, and 1/|g| step scaling (below) would blow the
         # derivative of the step up like 1/|g|; without pairs they take the step gamma * g.
-        forced = _forced(force, active)
-        use_grad = ~(has_pairs & (ascent | forced))
+        use_grad = ~(has_pairs & (ascent if forced is None else ascent | forced))
         d = where_rows(use_grad, gF, d)
-        first = torch.where(forced, mem["gamma"], _initial_alpha(gF, box))
-        alpha0 = torch.where(use_grad, first, torch.ones_like(st.J.detach()))
+        first = _initial_alpha(gF, box)
+        if forced is not None:
+            first = torch.where(forced, mem["gamma"], first)
+        alpha0 = torch.where(use_grad, first, torch.ones_like(first))
         d = self.cap_step(d, box)
-        new, acc, stall, nonfin, _ = self.line_search(prob, box, st, d, alpha0, active, create_graph, force)
-        # Curvature pair of f = -J; keep it only where it is positive (f locally convex).
-        s = new.x - st.x
-        y = -(new.g - st.g)
-        sy_g = (s * y).sum(-1)  # keeps the graph when unrolling (rho and gamma depend on it)
+        stale = new_dir & has_pairs & ~ascent  # not an ascent direction: drop the memory
+        if forced is not None:
+            stale = stale & ~forced
+        return where_rows(new_dir, d, mem["d"]), torch.where(new_dir, alpha0, mem["alpha"]), stale
+
+    def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
+             force: Tensor | None = None, fixed: Tensor | None = None):
+        mem = dict(st.extra)
+        xd, gd = st.x.detach(), st.g.detach()
+        if fixed is None:
+            fixed = box.fixed_mask(xd, gd)
+        forced = None if force is None else active & force
+        # Samples iterate in lockstep (an inactive sample never becomes active again outside the
+        # forced steps), so the phase is the iteration count: no per-sample bookkeeping needed.
+        # Differentiated iterations (unroll, truncated) take no sign step: its derivative is 0.
+        sign_phase = mem["k"] < self.sign_iters and not create_graph
+        mem["k"] += 1
+        sign = quasi = None
+        if sign_phase:
+            sign = active if forced is None else active & ~forced
+            quasi = forced
+        else:
+            quasi = active
+        stale = None
+        if quasi is not None:
+            new_dir = quasi & ~mem["retry"] if forced is None else quasi & (~mem["retry"] | forced)
+            d, alpha = mem["d"], mem["alpha"]
+            if bool(new_dir.any()):
+                gF = st.g.masked_fill(fixed, 0.0)
+                d, alpha, stale = self._quasi_newton_trial(mem, box, gF, fixed, forced, new_dir)
+            step = alpha.unsqueeze(-1) * d
+        if sign is not None:
+            # Coordinates whose gradient flipped sign wait one step (iRprop-), unless all would.
+            still = fixed | mem["hold"]
+            still = torch.where(still.all(-1, keepdim=True), fixed, still)
+            sign_step = (mem["D"] * torch.sign(gd)).masked_fill(still, 0.0)
+            step = sign_step if quasi is None else where_rows(sign, sign_step, step)
+        xt = box.project(st.x + step * active.unsqueeze(-1))
+        Jt, gt, _ = self.evaluate(prob, xt, create_graph)
+        Jt_d, J0, gt_d = Jt.detach(), st.J.detach(), gt.detach()
+        fin = all_finite(Jt_d, gt_d)
+        s_g = xt - st.x
+        s = s_g.detach()
+        gs = (gd * s).sum(-1)
+        ok = active & fin & (Jt_d >= J0 + self.armijo * gs.clamp(min=0)) & ((gs > 0) | (Jt_d > J0))
+        maybe = active & fin & ~ok
+        if bool(maybe.any()):
+            ok = ok | (maybe & rounding_accept(J0, Jt_d, gs, (gt_d * s).sum(-1)))
+        if forced is not None:
+            ok = ok | (forced & fin)
+        new = replace(st, x=where_rows(ok, xt, st.x), J=torch.where(ok, Jt, st.J), g=where_rows(ok, gt, st.g))
+        # A rejected trial is retried next iteration from the same point, shortened to the maximiser of
+        # the quadratic through J0, the slope g.s and Jt, kept in [0.1, 0.5] (Nocedal & Wright 3.5).
+        curv = J0 + gs - Jt_d
+        shrink = torch.where(fin & (curv > 0), gs / (2 * curv.clamp(min=1e-300)), 0.5)
+        shrink = torch.nan_to_num(shrink, nan=0.5).clamp(0.1, 0.5)
+        rejected = active & ~ok
+        if quasi is not None:
+            mem["retry"] = quasi & ~ok
+            mem["alpha"] = torch.where(mem["retry"], alpha * shrink, alpha)
+            mem["d"] = d
+        mem["nrej"] = (mem["nrej"] + rejected).masked_fill(ok, 0)
+        stall = rejected & (mem["nrej"] >= self.max_backtracks)
+        if sign is not None:
+            self._update_sign_state(mem, sign & ok, sign & rejected, gd, gt_d, shrink)
+        # No pair from a forced step: s and y are rounding noise there and 1/s.y would carry a
+        # derivative ~ 1/(s.y)^2 into the next differentiated step (gradients off by 1e6 and more).
+        self._update_pairs(mem, ok if forced is None else ok & ~forced, stale, s_g, st.g, gt, create_graph)
+        return replace(new, extra=mem), ok, stall, active & ~fin, None
+
+    @staticmethod
+    def _update_sign_state(mem: dict, acc: Tensor, rej: Tensor, g: Tensor, gt: Tensor, shrink: Tensor):
+        """Rprop: lengthen D_i while g_i keeps its sign, halve it on a flip; shorten a rejected step."""
+        D = mem["D"]
+        prod = g * gt
+        flip = prod < 0
+        grown = torch.where(prod > 0, torch.minimum(D * 1.2, mem["D_max"]), torch.where(flip, D * 0.5, D))
+        mem["D"] = where_rows(acc, grown, where_rows(rej, D * shrink.unsqueeze(-1), D))
+        mem["hold"] = where_rows(acc, flip, mem["hold"])
+
+    @staticmethod
+    def _update_pairs(mem: dict, accepted: Tensor, stale: Tensor | None, s: Tensor, g: Tensor, gt: Tensor,
+                      create_graph: bool):
+        """Append the curvature pair of f = -J where it is positive (f locally convex), oldest dropped."""
+        valid = mem["valid"] if stale is None else mem["valid"] & ~stale.unsqueeze(-1)
+        y = g - gt
+        sy_g = (s * y).sum(-1)  # keeps the graph when unrolling (the memory then depends on theta)
         yy_g = (y * y).sum(-1)
         sy, yy = sy_g.detach(), yy_g.detach()
-        # No pair from a forced step: s and y are rounding noise there and rho = 1/s.y would carry
-        # a derivative ~ 1/(s.y)^2 into the next differentiated step (gradients off by 1e6 and more).
-        good = acc & ~forced & (sy > 1e-10 * yy.clamp(min=1e-30)) & (yy > 0)
-        M = self.memory
-        p = mem["ptr"]
-        S, Y, rho, valid = mem["S"], mem["Y"], mem["rho"], mem["valid"]
-        if create_graph:  # keep the graph through the memory when unrolling
-            S, Y = S.clone(), Y.clone()
-        else:
+        good = accepted & (sy > 1e-10 * yy)  # false where y = 0 (then s.y = 0)
+        if not bool(good.any()):
+            mem["valid"] = valid
+            return
+        if not create_graph:
             s, y, sy_g, yy_g = s.detach(), y.detach(), sy, yy
-        S[:, p] = where_rows(good, s, S[:, p])
-        Y[:, p] = where_rows(good, y, Y[:, p])
-        rho = rho.clone()
-        rho[:, p] = torch.where(good, 1.0 / sy_g.clamp(min=1e-30), rho[:, p])
-        valid = valid.clone()
-        # A sample that did not produce a pair this round keeps its old pair in this slot.
-        valid[:, p] = torch.where(good, True, valid[:, p])
-        # Where the direction was not an ascent direction, the memory is stale: drop it.
-        valid = valid & ~(has_pairs & ~ascent & active & ~forced).unsqueeze(-1)
-        gamma = torch.where(good, sy_g / yy_g.clamp(min=1e-30), mem["gamma"])
-        new_mem = {"S": S, "Y": Y, "rho": rho, "valid": valid, "gamma": gamma,
-                   "ptr": (p + 1) % M, "npairs": mem["npairs"] + good.to(mem["npairs"].dtype)}
-        new = replace(new, extra=new_mem)
-        return new, acc, stall, nonfin, torch.zeros_like(acc)
+        mem["S"] = where_rows(good, torch.cat([mem["S"][:, 1:], s.unsqueeze(1)], 1), mem["S"])
+        mem["Y"] = where_rows(good, torch.cat([mem["Y"][:, 1:], y.unsqueeze(1)], 1), mem["Y"])
+        mem["valid"] = where_rows(good, torch.cat([valid[:, 1:], good.unsqueeze(1)], 1), valid)
+        mem["gamma"] = torch.where(good, sy_g / yy_g.clamp(min=1e-30), mem["gamma"])

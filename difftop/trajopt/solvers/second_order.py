@@ -39,8 +39,8 @@ class Newton(Solver):
         self.eig_floor = float(eig_floor)
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
-             force: Tensor | None = None):
-        fixed = box.fixed_mask(st.x.detach(), st.g.detach())
+             force: Tensor | None = None, fixed: Tensor | None = None):
+        fixed = box.fixed_mask(st.x.detach(), st.g.detach()) if fixed is None else fixed
         gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
         A = restrict(st.H, fixed)
         evals, V = torch.linalg.eigh(A.detach())
@@ -81,15 +81,15 @@ class LevenbergMarquardt(Solver):
         self.damping = float(damping)
         self.max_damping_tries = int(max_damping_tries)
 
-    def init_memory(self, st: State) -> dict:
+    def init_memory(self, st: State, box: Box) -> dict:
         diag = st.H.detach().diagonal(dim1=-2, dim2=-1).abs().amax(-1)
         lam = self.damping * diag.clamp(min=1.0)
         return {"lam": lam, "nu": torch.full_like(lam, 2.0)}
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
-             force: Tensor | None = None):
+             force: Tensor | None = None, fixed: Tensor | None = None):
         lam, nu = st.extra["lam"], st.extra["nu"]
-        fixed = box.fixed_mask(st.x.detach(), st.g.detach())
+        fixed = box.fixed_mask(st.x.detach(), st.g.detach()) if fixed is None else fixed
         gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
         A = restrict(st.H, fixed)
         n = A.shape[-1]
