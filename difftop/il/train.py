@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from difftop.cli import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difftop.utils.runlog import RunLogger
+from difftop.utils.runstate import Progress, global_rng_state, set_global_rng_state
 
 __all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
 
@@ -109,14 +110,11 @@ def fit_normalizer(data: Any, steps: np.ndarray, obs_keys: list[str], action_key
 
 
 def _rng_state(sampler: np.random.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "sampler": sampler.bit_generator.state}
+    return {**global_rng_state(), "sampler": sampler.bit_generator.state}
 
 
 def _set_rng_state(state: dict, sampler: np.random.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    set_global_rng_state(state)
     sampler.bit_generator.state = state["sampler"]
 
 
@@ -181,30 +179,6 @@ def _evaluate(policy, cfg: DictConfig, step: int, out: Path) -> dict[str, Any]:
         res = rollout(policy, cfg.task, cfg.obs, int(cfg.eval_episodes), int(cfg.eval_seed),
                       max_steps=int(cfg.max_steps), batch=int(cfg.eval_batch), video=video, device=cfg.device)
     return res
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int, initial: int, desc: str):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                            smoothing=0.05)
-
-    def update(self, n: int, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def note(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _open_run(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
@@ -327,7 +301,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                             "episodes": res["episodes"]})
 
     desc = f"{cfg.policy} {cfg.task} {cfg.obs} s{cfg.seed}"
-    bar = _Progress(cfg.progress, int(cfg.steps), min(step, int(cfg.steps)), desc)
+    bar = Progress(cfg.progress, int(cfg.steps), min(step, int(cfg.steps)), desc)
     sums: dict[str, float] = {}
     n_sum, t_log = 0, time.time()
     policy.train()

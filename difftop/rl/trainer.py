@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from difftop.cli import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difftop.utils.runlog import RunLogger
+from difftop.utils.runstate import Progress, global_rng_state, set_global_rng_state
 from difftop.utils.video import save_video
 
 __all__ = ["main", "resolve_config", "train", "evaluate", "build"]
@@ -114,42 +115,6 @@ def evaluate(agent, env, episodes: int, step: int, seed_base: int, video_path: P
     return returns, written
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-class _Progress:
-    """tqdm bar over environment steps, with env-steps/s and the last returns in its postfix."""
-
-    def __init__(self, enabled: bool, total: int, initial: int, desc: str):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                            smoothing=0.05)
-
-    def update(self, n: int, **postfix) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
-
-    def note(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary dict."""
     cfg = resolve_config(cfg)
@@ -195,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     agent_step, episode, wall_offset, next_eval, last_eval = 0, 0, 0.0, 0, None
     if state is not None:
         agent.load_state_dict(state["agent"])
-        _set_rng_state(state["rng"])
+        set_global_rng_state(state["rng"])
         agent_step, episode = state["agent_step"], state["episode"]
         wall_offset, next_eval, last_eval = state["wall_time"], state["next_eval"], state.get("last_eval")
         buf_path = out / "buffer.npz"
@@ -227,13 +192,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             tmp.replace(out / "buffer.npz")
         save_checkpoint(ckpt_path, {
             "kind": "rl", "config": OmegaConf.to_container(cfg), "agent": agent.state_dict(),
-            "rng": _rng_state(), "agent_step": agent_step, "episode": episode, "wall_time": wall(),
+            "rng": global_rng_state(), "agent_step": agent_step, "episode": episode, "wall_time": wall(),
             "next_eval": next_eval, "last_eval": last_eval, "env_step": agent_step * ar,
             "pending": pending or None})
         last_ckpt = time.time()
 
     desc = f"{cfg.agent} {cfg.task} {cfg.obs} s{cfg.seed}"
-    bar = _Progress(cfg.progress, cfg.steps, min(agent_step * ar, cfg.steps), desc)
+    bar = Progress(cfg.progress, cfg.steps, min(agent_step * ar, cfg.steps), desc)
     try:
         while True:
             if not pending:

@@ -20,12 +20,6 @@ TINY = dict(latent_dim=6, posterior_dim=4, enc_hidden=16, fuse_hidden=16, mlp_hi
             zero_init_f=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _meta(

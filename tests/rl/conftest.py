@@ -1,7 +1,6 @@
 """Tiny RL configs shared by the agent and trainer tests."""
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from difftop.cli import CONFIG_DIR
@@ -20,12 +19,6 @@ def _tiny_cfg(**over):
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
