@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from difftop.cli import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difftop.utils.runlog import RunLogger
-from difftop.utils.runstate import Progress, global_rng_state, set_global_rng_state
+from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
 
 __all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
 
@@ -183,27 +183,9 @@ def _evaluate(policy, cfg: DictConfig, step: int, out: Path) -> dict[str, Any]:
 
 def _open_run(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     """(config to run, checkpoint to resume or None); refuses to overwrite a run without resume=true."""
-    ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
-    if not ckpt_path.exists():
-        if cfg.resume:
-            print(f"resume=true: no checkpoint in {cfg.out_dir} yet, starting the run")
-        return cfg, None
-    if not cfg.resume:
-        raise UserError(f"{cfg.out_dir} already holds a run (checkpoint.pt); pass resume=true to continue it "
-                        f"or choose another out_dir")
-    try:
-        state = load_checkpoint(ckpt_path, kind="il")
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
-    saved = OmegaConf.create(state["config"])
-    for key in RESUME_KEYS:
-        if saved.get(key) != cfg.get(key):
-            raise UserError(f"resume: {key}={cfg.get(key)!r} differs from the checkpoint's "
-                            f"{saved.get(key)!r}")
-    for key in ("steps", "progress", "threads", "eval_every", "eval_episodes", "eval_batch", "video",
-                "checkpoint_every", "val_every", "log_every", "device"):
-        saved[key] = cfg[key]
-    return saved, state
+    return open_run(cfg, "il", RESUME_KEYS,
+                    ("steps", "progress", "threads", "eval_every", "eval_episodes", "eval_batch", "video",
+                     "checkpoint_every", "val_every", "log_every", "device"))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -28,9 +28,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
-from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difftop.utils.checkpoint import save_checkpoint
 from difftop.utils.runlog import RunLogger
-from difftop.utils.runstate import Progress, global_rng_state, set_global_rng_state
+from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
 from difftop.utils.video import save_video
 
 __all__ = ["main", "resolve_config", "train", "evaluate", "build"]
@@ -118,28 +118,13 @@ def evaluate(agent, env, episodes: int, step: int, seed_base: int, video_path: P
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary dict."""
     cfg = resolve_config(cfg)
+    # The saved run's settings win, except how far to go and how to report.
+    cfg, state = open_run(cfg, "rl",
+                          ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"),
+                          ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
+                           "checkpoint_every", "checkpoint_minutes"))
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
-    state = None
-    if ckpt_path.exists():
-        if not cfg.resume:
-            raise UserError(f"{out} already holds a run (checkpoint.pt); pass resume=true to continue it "
-                            f"or choose another out_dir")
-        try:
-            state = load_checkpoint(ckpt_path, kind="rl")
-        except CheckpointError as e:
-            raise UserError(str(e)) from None
-        saved = OmegaConf.create(state["config"])
-        for key in ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"):
-            if saved[key] != cfg[key]:
-                raise UserError(f"resume: {key}={cfg[key]!r} differs from the checkpoint's {saved[key]!r}")
-        # The saved run's settings win, except how far to go and how to report.
-        for key in ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
-                    "checkpoint_every", "checkpoint_minutes"):
-            saved[key] = cfg[key]
-        cfg = saved
-    elif cfg.resume:  # nothing to resume: start it (job scripts can always pass resume=true)
-        print(f"resume=true: no checkpoint in {out} yet, starting the run")
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

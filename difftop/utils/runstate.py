@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,3 +47,38 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def open_run(cfg, kind: str, same_keys, overridable):
+    """(config to run, checkpoint state or None) for a run in ``cfg.out_dir``.
+
+    A checkpoint there without ``resume=true`` is refused (never overwrite a run); with it, the
+    saved config wins except for ``overridable`` keys (how far to go, how to report), and every key
+    of ``same_keys`` must agree. ``resume=true`` with no checkpoint yet starts the run, so job
+    scripts can always pass it.
+    """
+    from omegaconf import OmegaConf
+
+    from difftop.cli import UserError
+    from difftop.utils.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        if cfg.resume:
+            print(f"resume=true: no checkpoint in {cfg.out_dir} yet, starting the run")
+        return cfg, None
+    if not cfg.resume:
+        raise UserError(f"{cfg.out_dir} already holds a run (checkpoint.pt); pass resume=true to continue it "
+                        f"or choose another out_dir")
+    try:
+        state = load_checkpoint(ckpt_path, kind=kind)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    saved = OmegaConf.create(state["config"])
+    for key in same_keys:
+        if saved.get(key) != cfg.get(key):
+            raise UserError(f"resume: {key}={cfg.get(key)!r} differs from the checkpoint's "
+                            f"{saved.get(key)!r}")
+    for key in overridable:
+        saved[key] = cfg[key]
+    return saved, state
