@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
 # Push-T from states on the locally generated demos (difftop demos task=pusht episodes=200
-# out=data/pusht.zarr). Resumable: re-running continues every run from its checkpoint.
-#   bash results/il/run_pusht_state.sh "bc difftop_bc" "0 1 2"
+# out=data/pusht.zarr): the runs of the paper's Tables 1 and 3. Every run is resumable: re-running
+# continues each one from its checkpoint. List base runs before the runs that use them (`all` does).
+#   bash results/il/run_pusht_state.sh RUNS SEEDS [PRESET]
+#   bash results/il/run_pusht_state.sh "bc difftop_bc" "0 1 2"               # paper sizes
+#   bash results/il/run_pusht_state.sh all "0" cpu                          # every run, CPU sizes
+# PRESET: paper (default; runs/il/pusht/state/...) or cpu (il_preset=cpu, batch 64 for every
+# policy; runs/il/pusht/state-cpu/...). 20k gradient steps, 50 evaluation episodes every 5k steps.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ALL="bc difftop_bc residual_bc bc_rnn residual_bc_rnn difftop_bc_rnn diffusion ibc ibc_diffusion residual_diffusion
+difftop_diffusion difftop_zero difftop_random"
 RUNS=${1:-"bc difftop_bc"}
+[ "$RUNS" = all ] && RUNS=$ALL
 SEEDS=${2:-"0 1 2"}
+PRESET=${3:-paper}
+case $PRESET in
+  paper) root=runs/il/pusht/state ;;
+  cpu) root=runs/il/pusht/state-cpu ;;
+  *) echo "unknown preset $PRESET (paper | cpu)"; exit 2 ;;
+esac
 export MUJOCO_GL=egl
 for seed in $SEEDS; do for run in $RUNS; do
+  base=""
   case $run in
-    bc) args="policy=bc steps=20000" ;;
-    difftop_bc) args="policy=difftop base=runs/il/pusht/state/bc/seed$seed init=base steps=20000" ;;
-    *) echo "unknown run $run"; exit 2 ;;
+    bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
+    difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;
+    difftop_*) base=${run#difftop_}; args="policy=difftop init=base" ;;
+    residual_*) base=${run#residual_}; args="policy=residual" ;;
+    ibc_diffusion) base=diffusion; args="policy=ibc" ;;
+    *) echo "unknown run $run; choose from: $ALL"; exit 2 ;;
   esac
-  .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state seed="$seed" $args eval_every=5000 \
-    eval_episodes=50 progress=false resume=true out_dir="runs/il/pusht/state/$run/seed$seed"
+  [ -n "$base" ] && args="$args base=$root/$base/seed$seed"
+  .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \
+    $args steps=20000 eval_every=5000 eval_episodes=50 progress=false resume=true \
+    out_dir="$root/$run/seed$seed"
 done; done

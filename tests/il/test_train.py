@@ -170,3 +170,18 @@ def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
     assert "base=" in capsys.readouterr().err
     assert main(["il-landscape", f"checkpoint={bc_run}", f"out={tmp_path / 'x.png'}"]) == 2
     assert "needs difftop" in capsys.readouterr().err
+
+
+def test_cpu_preset_shrinks_every_policy_and_overrides_win(capsys):
+    """il_preset=cpu: batch 64 for every policy, smaller BC-RNN / IBC; a user's override still wins."""
+    import yaml
+
+    assert main(["il", "il_preset=cpu", "--cfg", "job"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["batch_size"] == 64
+    assert cfg["policies"]["bc_rnn"]["rnn_hidden"] == 256 and cfg["policies"]["ibc"]["n_negatives"] == 64
+    assert cfg["policies"]["diffusion"]["down_dims"] == [64, 128, 256]  # architectures unchanged
+    assert main(["il", "il_preset=cpu", "batch_size=32", "--cfg", "job"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["batch_size"] == 32
+    assert main(["il", "--cfg", "job"]) == 0  # paper: the policy's own batch (null here)
+    assert yaml.safe_load(capsys.readouterr().out)["batch_size"] is None
