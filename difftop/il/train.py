@@ -130,6 +130,26 @@ def _to(batch: Any, device: str) -> Any:
     return batch.to(device)
 
 
+def base_action_cache(policy: Any, ds: Any, device: str, seed: int, chunk: int = 256) -> torch.Tensor | None:
+    """A frozen base's normalised actions for every window of ``ds``, computed once (None: no base).
+
+    Why: the base never changes, so per window its action is fixed (a deterministic base: BC) or one
+    fixed draw (a stochastic one: Diffusion, a GMM); querying a diffusion base on every batch costs its
+    10 denoising passes per gradient step, many times DiffTOP's own step on a CPU. Seeded in a forked
+    RNG, so a resumed run rebuilds the same cache and the run's own random streams are untouched.
+    """
+    parts = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for s in range(0, len(ds), chunk):
+            obs = _to(ds.get_batch(np.arange(s, min(s + chunk, len(ds))))["obs"], device)
+            part = policy.frozen_base_actions(obs)
+            if part is None:
+                return None
+            parts.append(part)
+    return torch.cat(parts)
+
+
 def _lr_lambda(cfg: DictConfig):
     warm, total, cosine = int(cfg.lr_warmup), max(int(cfg.steps), 1), cfg.lr_schedule == "cosine"
 
@@ -251,6 +271,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _set_rng_state(state["rng"], sampler)
         step, wall_offset = int(state["step"]), float(state["wall_time"])
         skipped, last_eval = int(state.get("skipped", 0)), state.get("last_eval")
+    # After the restore (the base's weights are in the checkpoint). An old run's config has no
+    # base_cache: it goes on querying its base on every batch, as it began.
+    base_cache = None
+    if cfg.get("base_cache") and cfg.base and cfg.policy != "ibc":  # IBC uses its base only to act
+        print(f"base_cache: computing the base's actions for {len(train_ds)} training windows")
+        base_cache = base_action_cache(policy, train_ds, cfg.device, int(cfg.seed))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     logger = RunLogger(out, tensorboard=cfg.tensorboard, resume_step=step if state is not None else None,
@@ -289,7 +315,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     policy.train()
     try:
         while step < cfg.steps:
-            batch = _to(train_ds.sample(int(cfg.batch_size), sampler), cfg.device)
+            idx = sampler.integers(0, len(train_ds), size=int(cfg.batch_size))  # = train_ds.sample's draw
+            batch = train_ds.get_batch(idx)
+            if base_cache is not None:
+                batch["base_action"] = base_cache[idx]
+            batch = _to(batch, cfg.device)
             loss, metrics = policy.compute_loss(batch)
             ok = bool(torch.isfinite(loss))
             gn = math.nan

@@ -185,3 +185,39 @@ def test_cpu_preset_shrinks_every_policy_and_overrides_win(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["batch_size"] == 32
     assert main(["il", "--cfg", "job"]) == 0  # paper: the policy's own batch (null here)
     assert yaml.safe_load(capsys.readouterr().out)["batch_size"] is None
+
+
+@pytest.mark.parametrize("policy", ["difftop", "residual"])
+def test_base_cache_equals_querying_the_base_and_resumes_exactly(data, bc_run, tmp_path, policy):
+    """base_cache=true (default) trains as querying the deterministic BC base every batch does, and a
+    resumed cached run rebuilds the same cache (the base's weights come from the checkpoint)."""
+    extra = [f"base={bc_run}", *(["init=base"] if policy == "difftop" else []), "checkpoint_every=3",
+             "eval_episodes=0"]
+    cached, fresh, part = tmp_path / "cached", tmp_path / "fresh", tmp_path / "part"
+    assert _il(data, cached, policy, *extra, "steps=6") == 0
+    assert _il(data, fresh, policy, *extra, "steps=6", "base_cache=false") == 0
+    assert _il(data, part, policy, *extra, "steps=3") == 0
+    assert _il(data, part, policy, *extra, "steps=6", "resume=true") == 0
+    a, b, c = (load_checkpoint(d / "checkpoint.pt")["policy"] for d in (cached, fresh, part))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        assert torch.equal(a[k], c[k]), k
+
+
+def test_base_action_cache_is_seeded_and_leaves_the_run_rng_alone():
+    """A stochastic base's cached draws repeat for the same seed; the global torch RNG is untouched."""
+    from difftop.data import SequenceDataset
+    from difftop.il.train import base_action_cache
+
+    class RandomBase:
+        def frozen_base_actions(self, obs):
+            return torch.randn(obs["state"].shape[0], 1, 2)
+
+    eps = [{"state": np.zeros((7, 5), np.float32), "action": np.zeros((7, 2), np.float32)} for _ in range(3)]
+    ds = SequenceDataset(EpisodeData.from_episodes(eps), ["state"], "action", horizon=2, obs_horizon=2)
+    before = torch.get_rng_state()
+    a = base_action_cache(RandomBase(), ds, "cpu", seed=3, chunk=4)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert a.shape == (len(ds), 1, 2)
+    assert torch.equal(a, base_action_cache(RandomBase(), ds, "cpu", seed=3, chunk=4))
+    assert not torch.equal(a, base_action_cache(RandomBase(), ds, "cpu", seed=4, chunk=4))

@@ -61,5 +61,14 @@ class Policy(nn.Module):
         the whole history from a zero state); used when a policy serves as a base or an init."""
         return self.predict_action(obs)
 
+    @torch.no_grad()
+    def frozen_base_actions(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """What a frozen base policy contributes to a training batch (normalised actions), or None.
+
+        Policies built on a frozen base (Residual, DiffTOP with ``init="base"``) return it, and their
+        ``compute_loss`` takes it from ``batch["base_action"]`` when the trainer has cached it.
+        """
+        return None
+
     def reset(self) -> None:
         """Forget any internal state (recurrent policies) at the start of an episode."""

@@ -195,6 +195,10 @@ class DiffTOPPolicy(Policy):
             raw = torch.cat([raw, raw[:, -1:].expand(B, H - raw.shape[1], m)], 1)
         return self.normalizer.normalize("action", raw[:, :H].to(dev)).clamp(-1.0, 1.0)
 
+    @torch.no_grad()
+    def frozen_base_actions(self, obs: Mapping[str, Tensor]) -> Tensor | None:
+        return self.initial_actions(obs, stateless=True) if self.init == "base" else None
+
     def solve(self, obs: Mapping[str, Tensor], z_tilde: Tensor | None = None, init: Tensor | None = None
               ) -> tuple[Tensor, TrajOptInfo, Tensor]:
         """(normalised plan (B, H, m), solver info, z_s); z~ ~ N(0, I) unless given."""
@@ -215,7 +219,8 @@ class DiffTOPPolicy(Policy):
         z_s = self.encode(obs)
         mu, logvar = self.posterior(z_s, a_star)
         z_tilde = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-        init = self.initial_actions(obs, stateless=True).to(z_s.dtype)
+        init = batch.get("base_action")  # the base's plans cached by the trainer (il.yaml's base_cache)
+        init = (self.initial_actions(obs, stateless=True) if init is None else init).to(z_s.dtype)
         plan, info = self.trajopt(self.objective(z_s, z_tilde, init), init)
         mse = (plan - a_star).pow(2).sum((1, 2))
         kl = kl_to_standard_normal(mu, logvar)

@@ -73,17 +73,25 @@ class ResidualPolicy(Policy):
         self.base.eval()  # frozen: no dropout, no random crops, no statistics updates
         return self
 
-    def _forward(self, obs: Mapping[str, torch.Tensor], stateless: bool) -> torch.Tensor:
-        """Normalised actions ``(B, Ta, m)``."""
+    def _base(self, obs: Mapping[str, torch.Tensor], stateless: bool) -> torch.Tensor:
         sm = self.shape_meta
-        base = self.normalizer.normalize("action", base_actions(self.base, obs, sm.n_action_steps, stateless))
+        return self.normalizer.normalize("action", base_actions(self.base, obs, sm.n_action_steps, stateless))
+
+    @torch.no_grad()
+    def frozen_base_actions(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._base(obs, stateless=True)
+
+    def _forward(self, obs: Mapping[str, torch.Tensor], stateless: bool,
+                 base: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised actions ``(B, Ta, m)``; ``base``: the base's (cached) normalised actions."""
+        base = self._base(obs, stateless) if base is None else base
         feats = self.encoder(self.normalizer(recent_obs(obs, self.obs_steps, self.encoder.keys))).flatten(1)
         delta = self.delta(torch.cat([feats, base.flatten(1)], -1))
         return base + delta.view_as(base)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         target = self.normalizer.normalize("action", batch["action"][:, self.window])
-        loss = F.mse_loss(self._forward(batch["obs"], stateless=True), target)
+        loss = F.mse_loss(self._forward(batch["obs"], stateless=True, base=batch.get("base_action")), target)
         return loss, {"mse": loss.item()}
 
     @torch.no_grad()
