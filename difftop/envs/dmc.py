@@ -261,30 +261,10 @@ class DMCEnv(gym.Env):
         super().close()
 
 
-def make_env(
-    task: str,
-    obs: str = "state",
-    seed: int = 0,
-    *,
-    action_repeat: int | None = None,
-    frame_stack: int = 3,
-    image_size: int = 84,
-    episode_length: int = 1000,
-    render_size: int = 256,
-    render_mode: str | None = "rgb_array",
-) -> DMCEnv:
-    """A DMC task as a gymnasium env; ``action_repeat=None`` uses :func:`default_action_repeat`."""
-    return DMCEnv(
-        task,
-        obs,
-        seed,
-        action_repeat=action_repeat,
-        frame_stack=frame_stack,
-        image_size=image_size,
-        episode_length=episode_length,
-        render_size=render_size,
-        render_mode=render_mode,
-    )
+def make_env(task: str, obs: str = "state", seed: int = 0, **kwargs: Any) -> DMCEnv:
+    """A DMC task as a gymnasium env: :class:`DMCEnv` (its keywords: ``action_repeat=None`` uses
+    :func:`default_action_repeat`, ``frame_stack``, ``image_size``, ``episode_length``, ...)."""
+    return DMCEnv(task, obs, seed, **kwargs)
 
 
 def register_envs() -> None:
