@@ -97,6 +97,30 @@ def load_policy(path: str | Path, ema: bool = True):
         raise UserError(f"checkpoint {path}: cannot rebuild its policy ({type(e).__name__}: {e})") from None
 
 
+def load_weights(policy: Any, path: str | Path, name: str) -> None:
+    """Start ``policy`` from a trained run of the same policy: its weights and normaliser, not its base.
+
+    Why: IBC trains without its initialiser, so "IBC + Diffusion" is a trained IBC's energy with a
+    Diffusion base attached (``weights=<ibc run> base=<diffusion run> steps=0``) rather than a second,
+    identical IBC training; and any run can fine-tune from another.
+    """
+    from difftop.il.policies import BASE_ARGS
+
+    src, state = load_policy(path)
+    if state["spec"]["name"] != name:
+        raise UserError(f"weights {path} are a {state['spec']['name']} policy, this run trains {name}")
+    is_base = tuple(f"{a}." for a in BASE_ARGS)
+    own = {k: v for k, v in src.state_dict().items() if not k.startswith(is_base)}
+    try:
+        missing, unexpected = policy.load_state_dict(own, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise UserError(f"weights {path}: its {name} does not fit this run's ({e})") from None
+    missing = [k for k in missing if not k.startswith(is_base)]
+    if missing or unexpected:
+        raise UserError(f"weights {path}: its {name} does not fit this run's (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+
+
 def fit_normalizer(data: Any, steps: np.ndarray, obs_keys: list[str], action_key: str = "action"):
     """Min-max normaliser of the low-dim keys and the actions on ``steps``; images to [-1, 1]."""
     from difftop.data.normalizer import Normalizer
@@ -252,6 +276,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"{cfg.data}: no training windows (episodes shorter than the policy's horizon "
                         f"{meta.horizon}?)")
     policy.set_normalizer(fit_normalizer(data, train_ds.steps(), obs_keys))
+    if state is None and cfg.get("weights"):
+        load_weights(policy, cfg.weights, cfg.policy)
     policy.to(cfg.device)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
@@ -314,6 +340,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     n_sum, t_log = 0, time.time()
     policy.train()
     try:
+        if state is None and step >= cfg.steps:  # steps=0: nothing to train, evaluate and save as it is
+            run_eval()
+            checkpoint()
         while step < cfg.steps:
             idx = sampler.integers(0, len(train_ds), size=int(cfg.batch_size))  # = train_ds.sample's draw
             batch = train_ds.get_batch(idx)

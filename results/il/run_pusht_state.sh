@@ -9,8 +9,8 @@
 # policy; runs/il/pusht/state-cpu/...). 20k gradient steps, 50 evaluation episodes every 5k steps.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ALL="bc difftop_bc residual_bc bc_rnn residual_bc_rnn difftop_bc_rnn diffusion ibc ibc_diffusion residual_diffusion
-difftop_diffusion difftop_zero difftop_random"
+ALL="bc difftop_bc residual_bc difftop_zero difftop_random bc_rnn residual_bc_rnn difftop_bc_rnn
+diffusion residual_diffusion difftop_diffusion ibc ibc_diffusion"
 RUNS=${1:-"bc difftop_bc"}
 [ "$RUNS" = all ] && RUNS=$ALL
 SEEDS=${2:-"0 1 2"}
@@ -22,17 +22,18 @@ case $PRESET in
 esac
 export MUJOCO_GL=egl
 for seed in $SEEDS; do for run in $RUNS; do
-  base=""
+  base="" steps=20000
   case $run in
     bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
     difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;
     difftop_*) base=${run#difftop_}; args="policy=difftop init=base" ;;
     residual_*) base=${run#residual_}; args="policy=residual" ;;
-    ibc_diffusion) base=diffusion; args="policy=ibc" ;;
+    # IBC trains without its initialiser: IBC + Diffusion is the trained IBC with Diffusion attached
+    ibc_diffusion) base=diffusion; args="policy=ibc weights=$root/ibc/seed$seed"; steps=0 ;;
     *) echo "unknown run $run; choose from: $ALL"; exit 2 ;;
   esac
   [ -n "$base" ] && args="$args base=$root/$base/seed$seed"
   .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \
-    $args steps=20000 eval_every=5000 eval_episodes=50 progress=false resume=true \
+    $args steps=$steps eval_every=5000 eval_episodes=50 progress=false resume=true \
     out_dir="$root/$run/seed$seed"
 done; done

@@ -221,3 +221,24 @@ def test_base_action_cache_is_seeded_and_leaves_the_run_rng_alone():
     assert a.shape == (len(ds), 1, 2)
     assert torch.equal(a, base_action_cache(RandomBase(), ds, "cpu", seed=3, chunk=4))
     assert not torch.equal(a, base_action_cache(RandomBase(), ds, "cpu", seed=4, chunk=4))
+
+
+def test_weights_with_zero_steps_evaluates_a_trained_ibc_with_a_base_attached(data, bc_run, tmp_path, capsys):
+    """IBC + base without a second IBC training: weights=<ibc run> base=<run> steps=0."""
+    small = ["policies.ibc.hidden=[16,16]", "policies.ibc.n_negatives=8", "policies.ibc.dfo_samples=16"]
+    ibc, plus = tmp_path / "ibc", tmp_path / "ibc_bc"
+    assert _il(data, ibc, "ibc", *small) == 0
+    assert _il(data, plus, "ibc", *small, f"weights={ibc}", f"base={bc_run}", "steps=0") == 0
+    ev = _rows(plus / "eval.csv")
+    assert [r["step"] for r in ev] == ["0"] and 0.0 <= float(ev[0]["mean_max_coverage"]) <= 1.0
+    src, dst = load_checkpoint(ibc / "checkpoint.pt"), load_checkpoint(plus / "checkpoint.pt")
+    assert dst["step"] == 0 and dst["spec"]["base"]["name"] == "bc"
+    for k, v in src["policy"].items():
+        assert torch.equal(dst["policy"][k], v), k
+    assert any(k.startswith("init_policy.") for k in dst["policy"])
+    capsys.readouterr()
+    assert _il(data, tmp_path / "x", "ibc", *small, f"weights={bc_run}", "steps=0") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bc policy" in err and "trains ibc" in err
+    assert _il(data, tmp_path / "y", "ibc", "policies.ibc.hidden=[8]", f"weights={ibc}", "steps=0") == 2
+    assert "does not fit" in capsys.readouterr().err
