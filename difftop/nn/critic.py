@@ -20,34 +20,48 @@ from difftop.nn.told import PixelEncoder, orthogonal_init, q_head
 __all__ = ["ObsCritic"]
 
 
+def _obs_encoder(obs_shape, latent_dim: int, enc_dim: int, num_channels: int, pixels: bool) -> nn.Module:
+    if pixels:
+        return PixelEncoder(obs_shape, latent_dim, num_channels)
+    return nn.Sequential(nn.Linear(obs_shape[0], enc_dim), nn.ELU(), nn.Linear(enc_dim, latent_dim))
+
+
 class _Q(nn.Module):
-    def __init__(self, obs_shape, action_dim: int, latent_dim: int, mlp_dim: int, enc_dim: int,
-                 num_channels: int, pixels: bool):
+    """One Q head over [features, a]; with its own encoder, or on features of a shared one (None)."""
+
+    def __init__(self, encoder: nn.Module | None, latent_dim: int, action_dim: int, mlp_dim: int):
         super().__init__()
-        if pixels:
-            self.encoder: nn.Module = PixelEncoder(obs_shape, latent_dim, num_channels)
-        else:
-            self.encoder = nn.Sequential(nn.Linear(obs_shape[0], enc_dim), nn.ELU(),
-                                         nn.Linear(enc_dim, latent_dim))
+        if encoder is not None:
+            self.encoder = encoder
         self.head = q_head(latent_dim + action_dim, mlp_dim)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.encoder(obs), action], dim=-1))
+    def forward(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x) if hasattr(self, "encoder") else x
+        return self.head(torch.cat([z, action], dim=-1))
 
 
 class ObsCritic(nn.Module):
-    """Twin Q_s(s, a) on raw observations; ``forward`` returns ``(q1, q2)``, each ``(B, 1)``."""
+    """Twin Q_s(s, a) on raw observations; ``forward`` returns ``(q1, q2)``, each ``(B, 1)``.
+
+    ``shared_encoder``: one encoder under both heads (None: for pixels, where the conv encoder is
+    most of Q_s's cost - DrQ-v2's layout; the paper's appendix C gives each state head its own).
+    """
 
     def __init__(self, obs_shape, action_dim: int, *, latent_dim: int = 50, mlp_dim: int = 512,
-                 enc_dim: int = 256, num_channels: int = 32, obs_type: str = "state"):
+                 enc_dim: int = 256, num_channels: int = 32, obs_type: str = "state",
+                 shared_encoder: bool | None = None):
         super().__init__()
         pixels = obs_type == "pixels"
-        args = (tuple(obs_shape), action_dim, latent_dim, mlp_dim, enc_dim, num_channels, pixels)
-        self.q1, self.q2 = _Q(*args), _Q(*args)
+        shared = pixels if shared_encoder is None else bool(shared_encoder)
+        enc = (tuple(obs_shape), latent_dim, enc_dim, num_channels, pixels)
+        self.encoder = _obs_encoder(*enc) if shared else None
+        self.q1, self.q2 = (_Q(None if shared else _obs_encoder(*enc), latent_dim, action_dim, mlp_dim)
+                            for _ in range(2))
         self.apply(orthogonal_init)
         for q in (self.q1, self.q2):
             q.head[-1].weight.data.fill_(0)
             q.head[-1].bias.data.fill_(0)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q1(obs, action), self.q2(obs, action)
+        x = obs if self.encoder is None else self.encoder(obs)
+        return self.q1(x, action), self.q2(x, action)

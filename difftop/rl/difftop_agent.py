@@ -55,7 +55,8 @@ class DiffTOPAgent(TDMPCAgent):
         self.pg_mode = cfg.pg_mode
         self.critic = ObsCritic(self.obs_shape, action_dim, latent_dim=cfg.latent_dim, mlp_dim=cfg.mlp_dim,
                                 enc_dim=cfg.enc_dim, num_channels=cfg.num_channels,
-                                obs_type="pixels" if self.pixels else "state").to(self.device)
+                                obs_type="pixels" if self.pixels else "state",
+                                shared_encoder=cfg.get("critic_shared_encoder")).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # One optimizer for the TD losses (TOLD + Q_s), as the official release.
         self.optim.add_param_group({"params": list(self.critic.parameters())})
@@ -173,16 +174,17 @@ class DiffTOPAgent(TDMPCAgent):
         return reward + self.cfg.discount * torch.min(*self.critic_target(next_obs, a))
 
     def _extra_losses(self, b: Batch) -> tuple[torch.Tensor, dict]:
+        """Q_s's TD loss over the sub-trajectory, all H steps in one batch (one encoder call each for
+        the online and target sides instead of H); step t+1's augmented frame is both step t's next
+        observation and step t+1's observation, as in the per-step loop."""
         c = self.cfg
-        val_s = 0.0
-        obs = self.aug(b.obs[0])
-        for t in range(b.action.shape[0]):
-            q1, q2 = self.critic(obs, b.action[t])
-            with torch.no_grad():
-                next_obs = self.aug(b.obs[t + 1])
-                y = self._td_target_s(next_obs, b.reward[t])
-            obs = next_obs
-            val_s = val_s + (c.rho ** t) * ((q1 - y).pow(2) + (q2 - y).pow(2))
+        H, B = b.action.shape[:2]
+        obs = self.aug(b.obs.flatten(0, 1)).unflatten(0, (H + 1, B))
+        q1, q2 = self.critic(obs[:-1].flatten(0, 1), b.action.flatten(0, 1))
+        with torch.no_grad():
+            y = self._td_target_s(obs[1:].flatten(0, 1), b.reward.flatten(0, 1))
+        rho = (c.rho ** torch.arange(H, device=y.device, dtype=y.dtype)).view(H, 1, 1)
+        val_s = (rho * ((q1 - y).pow(2) + (q2 - y).pow(2)).view(H, B, -1)).sum(0)
         return c.value_coef * val_s.clamp(max=1e4), {"value_s_loss": val_s.mean().item()}
 
     def _extra_backward(self, b: Batch, step: int) -> dict:

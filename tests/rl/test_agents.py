@@ -188,3 +188,31 @@ def test_unknown_agent_and_pg_mode(tiny_cfg):
         make_agent(tiny_cfg(agent="sac"), (OBS,), M)
     with pytest.raises(ValueError, match="pg_mode"):
         DiffTOPAgent(tiny_cfg(agent="difftop", pg_mode="sometimes"), (OBS,), M)
+
+
+def test_obs_critic_loss_in_one_batch_equals_the_per_step_loop(tiny_cfg):
+    """Q_s's TD loss over all H steps at once equals TD-MPC-style per-step accumulation."""
+    torch.manual_seed(0)
+    agent = make_agent(tiny_cfg(agent="difftop", min_std=0.0), (OBS,), M)  # no target-policy noise
+    _nonzero_heads(agent)
+    b = _buffer(horizon=3).sample(8, np.random.default_rng(1))
+    loss, _ = agent._extra_losses(b)
+    ref = 0.0
+    for t in range(b.action.shape[0]):  # states: no augmentation
+        q1, q2 = agent.critic(b.obs[t], b.action[t])
+        y = agent._td_target_s(b.obs[t + 1], b.reward[t])
+        ref = ref + agent.cfg.rho ** t * ((q1 - y).pow(2) + (q2 - y).pow(2))
+    assert loss.shape == (8, 1)
+    torch.testing.assert_close(loss, agent.cfg.value_coef * ref, rtol=1e-5, atol=1e-6)
+
+
+def test_obs_critic_shares_its_encoder_for_pixels_only_by_default():
+    from difftop.nn.critic import ObsCritic
+
+    state = ObsCritic((OBS,), M, mlp_dim=16)
+    assert state.encoder is None and hasattr(state.q1, "encoder") and state.q1.encoder is not state.q2.encoder
+    pix = ObsCritic((9, 64, 64), M, mlp_dim=16, obs_type="pixels")
+    assert pix.encoder is not None and not hasattr(pix.q1, "encoder")
+    q1, q2 = pix(torch.rand(2, 9, 64, 64) * 255, torch.zeros(2, M))
+    assert q1.shape == q2.shape == (2, 1)
+    assert ObsCritic((OBS,), M, mlp_dim=16, shared_encoder=True).encoder is not None
