@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from difftop.cli import UserError
 from difftop.rl.difftop_agent import make_agent
 from difftop.rl.replay import ReplayBuffer
 from difftop.rl.trainer import resolve_config
@@ -41,8 +42,12 @@ def main(cfg: DictConfig) -> dict:
     configs = Path(__file__).resolve().parents[1] / "configs"
     base = OmegaConf.load(configs / "rl.yaml")
     base.pop("defaults")
-    if cfg.preset != "paper":
-        preset = OmegaConf.load(configs / "preset" / f"{cfg.preset}.yaml")
+    if cfg.rl_preset != "paper":
+        path = configs / "preset" / f"{cfg.rl_preset}.yaml"
+        if not path.is_file():
+            names = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise UserError(f"unknown rl_preset {cfg.rl_preset!r}; choose one of: {', '.join(names)}")
+        preset = OmegaConf.load(path)
         base = OmegaConf.merge(base, preset)
     base = OmegaConf.merge(base, {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed, "device": "cpu"},
                            OmegaConf.from_dotlist(list(cfg.overrides)))
@@ -91,7 +96,7 @@ def main(cfg: DictConfig) -> dict:
         table.append({"row": name, "ms_per_agent_step": 1e3 * med,
                       "env_steps_per_s": rcfg.action_repeat / med,
                       "ratio_vs_tdmpc": (ref / med) if ref else float("nan"), "n": len(times[name])})
-    header = (f"# bench rl: {rcfg.task} ({rcfg.obs}), preset={cfg.preset}, batch {rcfg.batch_size}, "
+    header = (f"# bench rl: {rcfg.task} ({rcfg.obs}), rl_preset={cfg.rl_preset}, batch {rcfg.batch_size}, "
               f"mlp {rcfg.mlp_dim}, action repeat {rcfg.action_repeat}, threads {torch.get_num_threads()}, "
               f"{platform.processor() or platform.machine()}")
     lines = [header, "", "| agent | ms / agent step | env steps / s | ratio vs TD-MPC |", "|---|---|---|---|"]
