@@ -300,9 +300,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # After the restore (the base's weights are in the checkpoint). An old run's config has no
     # base_cache: it goes on querying its base on every batch, as it began.
     base_cache = None
-    if cfg.get("base_cache") and cfg.base and cfg.policy != "ibc":  # IBC uses its base only to act
-        print(f"base_cache: computing the base's actions for {len(train_ds)} training windows")
+    if cfg.get("base_cache") and cfg.base:  # None for a policy that trains without its base (IBC)
+        t0 = time.time()
         base_cache = base_action_cache(policy, train_ds, cfg.device, int(cfg.seed))
+        if base_cache is not None:
+            print(f"base_cache: the base's actions for {len(train_ds)} training windows, "
+                  f"{time.time() - t0:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     logger = RunLogger(out, tensorboard=cfg.tensorboard, resume_step=step if state is not None else None,

@@ -31,12 +31,11 @@ class _Q(nn.Module):
 
     def __init__(self, encoder: nn.Module | None, latent_dim: int, action_dim: int, mlp_dim: int):
         super().__init__()
-        if encoder is not None:
-            self.encoder = encoder
+        self.encoder = encoder
         self.head = q_head(latent_dim + action_dim, mlp_dim)
 
     def forward(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x) if hasattr(self, "encoder") else x
+        z = x if self.encoder is None else self.encoder(x)
         return self.head(torch.cat([z, action], dim=-1))
 
 

@@ -210,9 +210,9 @@ def test_obs_critic_shares_its_encoder_for_pixels_only_by_default():
     from difftop.nn.critic import ObsCritic
 
     state = ObsCritic((OBS,), M, mlp_dim=16)
-    assert state.encoder is None and hasattr(state.q1, "encoder") and state.q1.encoder is not state.q2.encoder
+    assert state.encoder is None and state.q1.encoder is not None and state.q1.encoder is not state.q2.encoder
     pix = ObsCritic((9, 64, 64), M, mlp_dim=16, obs_type="pixels")
-    assert pix.encoder is not None and not hasattr(pix.q1, "encoder")
+    assert pix.encoder is not None and pix.q1.encoder is None and pix.q2.encoder is None
     q1, q2 = pix(torch.rand(2, 9, 64, 64) * 255, torch.zeros(2, M))
     assert q1.shape == q2.shape == (2, 1)
     assert ObsCritic((OBS,), M, mlp_dim=16, shared_encoder=True).encoder is not None
