@@ -30,6 +30,7 @@ ROWS = {  # row name -> agent overrides
     "tdmpc": {"agent": "tdmpc"},
     "difftop (online PG)": {"agent": "difftop", "pg_mode": "online"},
     "difftop (batched PG)": {"agent": "difftop", "pg_mode": "batched"},
+    "difftop (online PG, qs_horizon=1)": {"agent": "difftop", "pg_mode": "online", "qs_horizon": 1},
     "difftop_noback": {"agent": "difftop_noback"},
 }
 

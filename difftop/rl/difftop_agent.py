@@ -10,7 +10,9 @@ does not sit on a kink.
 Learning: everything TD-MPC learns, plus
 - Q_s(s, a), a twin critic on the raw observation (:class:`difftop.nn.ObsCritic`), trained by TD
   with a target network: y = r + gamma * min Q_s_target(s', pi(h(s'))), weighted like TD-MPC's
-  value loss (``value_coef``, rho^t, PER weights), as in the official release;
+  value loss (``value_coef``, rho^t, PER weights), as in the official release, over the first
+  ``qs_horizon`` steps of each sampled sub-trajectory (null: all H, as the official release; 1
+  makes Q_s's cost H times smaller, which matters from pixels, where its encoder dominates);
 - the policy-gradient loss  c0 * -min(Q_s1, Q_s2)(s, a*_0(theta))  back-propagated through the
   solve into the encoder, dynamics, reward and latent Q (never into Q_s or pi). ``pg_mode``:
   ``online``: on every training acting step (the official scheme); gradients are accumulated
@@ -33,7 +35,7 @@ from torch import nn
 
 from difftop.nn.critic import ObsCritic
 from difftop.rl.replay import Batch
-from difftop.rl.tdmpc import TDMPCAgent, _clip_and_check, ema_
+from difftop.rl.tdmpc import Prepared, TDMPCAgent, _clip_and_check, ema_
 from difftop.trajopt import TrajOpt, latent_objective, smooth_min
 
 __all__ = ["DiffTOPAgent", "PG_MODES", "INITS"]
@@ -168,30 +170,27 @@ class DiffTOPAgent(TDMPCAgent):
         return out
 
     # --------------------------------------------------------------- learning
-    @torch.no_grad()
-    def _td_target_s(self, next_obs: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-        a = self.model.pi(self.model.h(next_obs), self.cfg.min_std)
-        return reward + self.cfg.discount * torch.min(*self.critic_target(next_obs, a))
-
-    def _extra_losses(self, b: Batch) -> tuple[torch.Tensor, dict]:
-        """Q_s's TD loss over the sub-trajectory, all H steps in one batch (one encoder call each for
-        the online and target sides instead of H); step t+1's augmented frame is both step t's next
-        observation and step t+1's observation, as in the per-step loop."""
+    def _extra_losses(self, b: Batch, prep: Prepared) -> tuple[torch.Tensor, dict]:
+        """Q_s's TD loss over the first ``qs_horizon`` steps of the sub-trajectory (all H by
+        default, as the official release), in one batch. It reuses the update's augmented frames
+        and TOLD's target action pi(h(s')): y_t = r_t + gamma * min Q_s_target(s_{t+1}, pi(h(s_{t+1})))."""
         c = self.cfg
         H, B = b.action.shape[:2]
-        obs = self.aug(b.obs.flatten(0, 1)).unflatten(0, (H + 1, B))
-        q1, q2 = self.critic(obs[:-1].flatten(0, 1), b.action.flatten(0, 1))
+        k = H if c.get("qs_horizon") is None else max(1, min(int(c.qs_horizon), H))
+        q1, q2 = self.critic(prep.obs[:k].flatten(0, 1), b.action[:k].flatten(0, 1))
         with torch.no_grad():
-            y = self._td_target_s(obs[1:].flatten(0, 1), b.reward.flatten(0, 1))
-        rho = (c.rho ** torch.arange(H, device=y.device, dtype=y.dtype)).view(H, 1, 1)
-        val_s = (rho * ((q1 - y).pow(2) + (q2 - y).pow(2)).view(H, B, -1)).sum(0)
+            q_next = torch.min(*self.critic_target(prep.obs[1:k + 1].flatten(0, 1),
+                                                   prep.next_action[:k].flatten(0, 1)))
+            y = b.reward[:k].flatten(0, 1) + c.discount * q_next
+        rho = (c.rho ** torch.arange(k, device=y.device, dtype=y.dtype)).view(k, 1, 1)
+        val_s = (rho * ((q1 - y).pow(2) + (q2 - y).pow(2)).view(k, B, -1)).sum(0)
         return c.value_coef * val_s.clamp(max=1e4), {"value_s_loss": val_s.mean().item()}
 
-    def _extra_backward(self, b: Batch, step: int) -> dict:
+    def _extra_backward(self, b: Batch, prep: Prepared, step: int) -> dict:
         if self.pg_mode != "batched":
             return {}
         n = min(int(self.cfg.pg_batch_size), b.obs.shape[1])
-        obs = self.aug(b.obs[0, :n])
+        obs = prep.obs[0, :n]
         a = self.solve(self.model.h(obs), step, explore=False)[:, 0]
         loss = self._pg_loss(obs, a).mean()
         loss.backward()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,17 @@ from difftop.rl.mppi import MPPIPlanner
 from difftop.rl.replay import Batch
 from difftop.rl.schedules import linear_schedule
 
-__all__ = ["TDMPCAgent", "ema_"]
+__all__ = ["TDMPCAgent", "Prepared", "ema_"]
+
+
+@dataclass
+class Prepared:
+    """The no-gradient part of one update, shared by TOLD's losses and DiffTOP's extra ones."""
+
+    obs: torch.Tensor            # (H+1, B, *obs): augmented once per update
+    next_z_target: torch.Tensor  # (H, B, Z): target encoder of s_{t+1} (consistency targets)
+    next_action: torch.Tensor    # (H, B, m): pi(h(s_{t+1})) with target-policy noise
+    td_target: torch.Tensor      # (H, B, 1): r_t + gamma * min Q_target(h(s_{t+1}), next_action)
 
 
 @torch.no_grad()
@@ -105,24 +116,31 @@ class TDMPCAgent:
 
     # --------------------------------------------------------------- learning
     @torch.no_grad()
-    def _td_target(self, next_obs: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-        next_z = self.model.h(next_obs)
-        a = self.model.pi(next_z, self.cfg.min_std)
-        return reward + self.cfg.discount * torch.min(*self.target.Q(next_z, a))
+    def _prepare(self, b: Batch) -> Prepared:
+        """Everything of an update that needs no gradient, for all H steps in one batch: one
+        augmentation of every frame (shared by every loss of the update), the target encoder's
+        next latents, and the TD targets y_t = r_t + gamma * min Q_target(h(s'), pi(h(s')))."""
+        H, B = b.action.shape[:2]
+        obs = self.aug(b.obs.flatten(0, 1)).unflatten(0, (H + 1, B))
+        nxt = obs[1:].flatten(0, 1)
+        next_z = self.model.h(nxt)
+        next_action = self.model.pi(next_z, self.cfg.min_std)
+        y = b.reward.flatten(0, 1) + self.cfg.discount * torch.min(*self.target.Q(next_z, next_action))
+        return Prepared(obs=obs, next_z_target=self.target.h(nxt).unflatten(0, (H, B)),
+                        next_action=next_action.unflatten(0, (H, B)), td_target=y.unflatten(0, (H, B)))
 
-    def _model_losses(self, b: Batch) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, dict]:
+    def _model_losses(self, b: Batch, prep: Prepared | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, dict]:
         c = self.cfg
+        prep = self._prepare(b) if prep is None else prep
         H = b.action.shape[0]
-        z = self.model.h(self.aug(b.obs[0]))
+        z = self.model.h(prep.obs[0])
         zs = [z.detach()]
         cons = rew = val = prio = 0.0
         for t in range(H):
             q1, q2 = self.model.Q(z, b.action[t])
             z, r_pred = self.model.next(z, b.action[t])
-            with torch.no_grad():
-                next_obs = self.aug(b.obs[t + 1])
-                next_z = self.target.h(next_obs)
-                y = self._td_target(next_obs, b.reward[t])
+            next_z, y = prep.next_z_target[t], prep.td_target[t]
             zs.append(z.detach())
             rho = c.rho ** t
             cons = cons + rho * (z - next_z).pow(2).mean(-1, keepdim=True)
@@ -135,11 +153,11 @@ class TDMPCAgent:
                    "value_loss": val.mean().item()}
         return total, zs, prio.detach(), metrics
 
-    def _extra_losses(self, b: Batch) -> tuple[torch.Tensor | float, dict]:
+    def _extra_losses(self, b: Batch, prep: Prepared) -> tuple[torch.Tensor | float, dict]:
         """Per-sample losses added to TD-MPC's before weighting (DiffTOP: the Q_s TD loss)."""
         return 0.0, {}
 
-    def _extra_backward(self, b: Batch, step: int) -> dict:
+    def _extra_backward(self, b: Batch, prep: Prepared, step: int) -> dict:
         """More gradients accumulated before the optimizer step (DiffTOP batched PG)."""
         return {}
 
@@ -171,13 +189,14 @@ class TDMPCAgent:
         H = min(c.horizon, max(1, buffer.horizon))
         b = buffer.sample(c.batch_size, self.rng, horizon=H, device=self.device)
         self.optim.zero_grad(set_to_none=True)
-        total, zs, prio, metrics = self._model_losses(b)
-        extra, extra_metrics = self._extra_losses(b)
+        prep = self._prepare(b)
+        total, zs, prio, metrics = self._model_losses(b, prep)
+        extra, extra_metrics = self._extra_losses(b, prep)
         total = total + extra
         weighted = (total.squeeze(-1) * b.weights).mean()
         (weighted / H).backward()
         metrics.update(extra_metrics)
-        metrics.update(self._extra_backward(b, step))
+        metrics.update(self._extra_backward(b, prep, step))
         params = self._trainable()
         norm, ok = _clip_and_check(params, c.grad_clip_norm)
         if ok:

@@ -73,6 +73,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         raise UserError(f"pg_mode must be online, batched or none, got {cfg.pg_mode!r}")
     if cfg.init not in ("pi", "zero"):
         raise UserError(f"init must be pi or zero, got {cfg.init!r}")
+    qs_h = cfg.get("qs_horizon")
+    if qs_h is not None and (not isinstance(qs_h, int) or isinstance(qs_h, bool) or qs_h < 1):
+        raise UserError(f"qs_horizon must be null (all steps) or a positive integer, got {qs_h!r}")
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     return cfg

@@ -152,3 +152,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         TOLD((9, 20, 20), ACT, obs_type="pixels")
     assert math.isfinite(float(_state_model().h(torch.randn(1, OBS)).sum().detach()))
+
+
+def test_pixel_encoder_slices_large_cpu_batches_without_changing_results():
+    enc = _pixel_model()._encoder
+    frames = torch.rand(3, 5, 9, 84, 84) * 255
+    whole = enc(frames)
+    enc.cpu_chunk = 4  # 15 frames -> slices of 4, 4, 4, 3
+    torch.testing.assert_close(enc(frames), whole)
+    frames.requires_grad_(True)
+    enc(frames).sum().backward()
+    g = frames.grad.clone()
+    frames.grad = None
+    enc.cpu_chunk = 10**6
+    enc(frames).sum().backward()
+    torch.testing.assert_close(frames.grad, g)

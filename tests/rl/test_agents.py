@@ -121,7 +121,7 @@ def test_batched_pg_reaches_encoder_dynamics_reward_q_and_nothing_else(tiny_cfg)
     _nonzero_heads(agent, concave=5.0)
     b = _buffer().sample(8, np.random.default_rng(0))
     agent.optim.zero_grad(set_to_none=True)
-    metrics = agent._extra_backward(b, step=10**6)
+    metrics = agent._extra_backward(b, agent._prepare(b), step=10**6)
     assert np.isfinite(metrics["pg_loss"])
     m = agent.model
     for name in ("_encoder", "_dynamics", "_reward", "_Q1", "_Q2"):
@@ -176,7 +176,7 @@ def test_zero_init_and_value_s_loss(tiny_cfg):
     init = agent._init_actions(torch.zeros(3, agent.cfg.latent_dim), 4, explore=True)
     assert torch.equal(init, torch.zeros(3, 4, M))
     b = _buffer().sample(8, np.random.default_rng(0))
-    loss, metrics = agent._extra_losses(b)
+    loss, metrics = agent._extra_losses(b, agent._prepare(b))
     assert loss.shape == (8, 1) and metrics["value_s_loss"] >= 0
     before = _params(agent.critic)
     agent.update(_buffer(), step=1)
@@ -190,20 +190,70 @@ def test_unknown_agent_and_pg_mode(tiny_cfg):
         DiffTOPAgent(tiny_cfg(agent="difftop", pg_mode="sometimes"), (OBS,), M)
 
 
+def _qs_loop(agent, b, prep, steps):
+    """Q_s's TD loss accumulated step by step, TD-MPC style (the reference)."""
+    ref = 0.0
+    for t in range(steps):
+        q1, q2 = agent.critic(prep.obs[t], b.action[t])
+        with torch.no_grad():
+            y = b.reward[t] + agent.cfg.discount * torch.min(
+                *agent.critic_target(prep.obs[t + 1], prep.next_action[t]))
+        ref = ref + agent.cfg.rho ** t * ((q1 - y).pow(2) + (q2 - y).pow(2))
+    return agent.cfg.value_coef * ref
+
+
 def test_obs_critic_loss_in_one_batch_equals_the_per_step_loop(tiny_cfg):
-    """Q_s's TD loss over all H steps at once equals TD-MPC-style per-step accumulation."""
+    """Q_s's TD loss over all H steps at once equals TD-MPC-style per-step accumulation, and
+    ``qs_horizon`` keeps only the first steps."""
     torch.manual_seed(0)
-    agent = make_agent(tiny_cfg(agent="difftop", min_std=0.0), (OBS,), M)  # no target-policy noise
+    agent = make_agent(tiny_cfg(agent="difftop"), (OBS,), M)
     _nonzero_heads(agent)
     b = _buffer(horizon=3).sample(8, np.random.default_rng(1))
-    loss, _ = agent._extra_losses(b)
-    ref = 0.0
-    for t in range(b.action.shape[0]):  # states: no augmentation
-        q1, q2 = agent.critic(b.obs[t], b.action[t])
-        y = agent._td_target_s(b.obs[t + 1], b.reward[t])
-        ref = ref + agent.cfg.rho ** t * ((q1 - y).pow(2) + (q2 - y).pow(2))
+    prep = agent._prepare(b)
+    loss, _ = agent._extra_losses(b, prep)
     assert loss.shape == (8, 1)
-    torch.testing.assert_close(loss, agent.cfg.value_coef * ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, _qs_loop(agent, b, prep, 3), rtol=1e-5, atol=1e-6)
+    for k, steps in ((1, 1), (2, 2), (7, 3)):  # more than H: all H
+        agent.cfg.qs_horizon = k
+        torch.testing.assert_close(agent._extra_losses(b, prep)[0], _qs_loop(agent, b, prep, steps),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_prepared_targets_equal_the_per_step_definitions(tiny_cfg):
+    """The batched no-grad part of an update: TD targets and consistency targets, step by step."""
+    torch.manual_seed(0)
+    agent = make_agent(tiny_cfg(agent="tdmpc", min_std=0.0), (OBS,), M)  # no target-policy noise
+    _nonzero_heads(agent)
+    b = _buffer(horizon=3).sample(8, np.random.default_rng(2))
+    prep = agent._prepare(b)
+    assert torch.equal(prep.obs, b.obs)  # states: no augmentation
+    m, tgt = agent.model, agent.target
+    with torch.no_grad():
+        for t in range(3):
+            z = m.h(b.obs[t + 1])
+            y = b.reward[t] + agent.cfg.discount * torch.min(*tgt.Q(z, m.pi(z, 0.0)))
+            torch.testing.assert_close(prep.td_target[t], y, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(prep.next_z_target[t], tgt.h(b.obs[t + 1]))
+            torch.testing.assert_close(prep.next_action[t], m.pi(z, 0.0))
+
+
+def test_one_augmentation_per_update_for_pixels(tiny_cfg):
+    """From pixels every loss of an update sees the same shifted frames (one draw per frame)."""
+    torch.manual_seed(0)
+    shape = (9, 64, 64)
+    agent = make_agent(tiny_cfg(agent="difftop", obs="pixels", image_size=64), shape, M)
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(shape, M, L, capacity=2 * L, horizon=3, pixels=True)
+    for _ in range(2):
+        buf.add_episode(rng.integers(0, 256, (L + 1, *shape), dtype=np.uint8),
+                        rng.uniform(-1, 1, (L, M)).astype(np.float32), rng.normal(size=L).astype(np.float32))
+    b = buf.sample(4, rng)
+    prep = agent._prepare(b)
+    assert prep.obs.shape == b.obs.shape and not torch.equal(prep.obs, b.obs)
+    seen = []
+    agent.critic.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    agent._extra_losses(b, prep)
+    torch.testing.assert_close(seen[0], prep.obs[:3].flatten(0, 1))
 
 
 def test_obs_critic_shares_its_encoder_for_pixels_only_by_default():

@@ -33,6 +33,7 @@ def _rows(path):
     ("difftop_noback", "state", []),
     ("tdmpc", "pixels", ["image_size=64"]),
     ("difftop", "pixels", ["image_size=64", "pg_mode=online"]),
+    ("difftop", "pixels", ["image_size=64", "pg_mode=batched", "qs_horizon=1"]),
 ])
 def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, extra):
     out = tmp_path / "run"
@@ -92,6 +93,8 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert err.startswith("error:") and "cartpole-swingup" in err and len(err.splitlines()) == 1
     assert _run(tmp_path / "a", "agent=sac") == 2
     assert "tdmpc, difftop, difftop_noback" in capsys.readouterr().err
+    assert _run(tmp_path / "a", "qs_horizon=0") == 2
+    assert "qs_horizon must be null" in capsys.readouterr().err
     out = tmp_path / "b"
     assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200", "video=false") == 0
     assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200") == 2  # would overwrite a run
