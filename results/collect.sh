@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy the small files of every run (config.yaml, train.csv, eval.csv) from runs/ into results/,
 # where they are committed (checkpoints, buffers, videos and TensorBoard stay in runs/), and redraw
-# the RL curves.   bash results/collect.sh
+# the RL curves and the IL tables and curves.   bash results/collect.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # runs/cpu/<task>/<agent>/seedN -> results/rl/cpu/...;  runs/il/<task>/... -> results/il/runs/<task>/...
@@ -20,3 +20,9 @@ done
 if [ -d results/rl/cpu ]; then
   .venv/bin/difftop plot results/rl/cpu out=results/rl/cpu_states.png reference=tdmpc-state
 fi
+# IL: the Table 1/3 layout and the evaluation curves of each results/il/runs/<task>/<setting>
+for root in results/il/runs/*/*; do
+  [ -d "$root" ] || continue
+  name=$(basename "$(dirname "$root")")_$(basename "$root")
+  .venv/bin/python results/il/table.py "$root" --out "results/il/$name.md" --plot "results/il/$name.png" >/dev/null
+done
