@@ -34,6 +34,7 @@ def _rows(path):
     ("tdmpc", "pixels", ["image_size=64"]),
     ("difftop", "pixels", ["image_size=64", "pg_mode=online"]),
     ("difftop", "pixels", ["image_size=64", "pg_mode=batched", "qs_horizon=1"]),
+    ("difftop_noback", "pixels", ["image_size=64"]),
 ])
 def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, extra):
     out = tmp_path / "run"
