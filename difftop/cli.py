@@ -62,7 +62,7 @@ HELP: dict[tuple[str, ...], str] = {
     ("bench", "rl"): "training env-steps/s of TD-MPC and DiffTOP agents, in one process",
     ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
     ("eval",): "evaluate a saved checkpoint (RL: mean +- std return; IL: success rate, coverage) with videos",
-    ("plot",): "learning curves of RL runs (mean +- std over seeds) vs env steps and wall-clock time",
+    ("plot",): "learning curves (mean +- std over seeds): RL returns vs env steps and wall-clock, IL success",
 }
 
 #: command words -> config key that takes the command's positional words: ``difftop plot a b`` runs

@@ -24,5 +24,6 @@ fi
 for root in results/il/runs/*/*; do
   [ -d "$root" ] || continue
   name=$(basename "$(dirname "$root")")_$(basename "$root")
-  .venv/bin/python results/il/table.py "$root" --out "results/il/$name.md" --plot "results/il/$name.png" >/dev/null
+  .venv/bin/python results/il/table.py "$root" --out "results/il/$name.md" >/dev/null
+  .venv/bin/difftop plot "$root" out="results/il/$name.png" >/dev/null
 done

@@ -1,5 +1,8 @@
 """``difftop plot``: learning curves of RL runs, mean +- std over seeds, beside published curves.
 
+Imitation runs (a config with ``policy`` and no ``agent``) are drawn by :mod:`difftop.il.plot`
+(success rate and coverage against gradient steps); one figure holds one kind.
+
 A run directory holds ``config.yaml`` (keys ``task``, ``agent``, ``obs``, optionally ``seed``; an
 ``agent``/``task``/``obs`` given as a node is named by its ``name`` key) and ``eval.csv`` with the
 columns ``env_step, episode, wall_time, episode_reward`` (``wall_time``: seconds since the run
@@ -127,8 +130,8 @@ def _numeric(df: pd.DataFrame, columns: Iterable[str], path: Path) -> pd.DataFra
     return out
 
 
-def load_run(run_dir: Path) -> Run | None:
-    """The run in ``run_dir``; None if its eval.csv has no rows yet (a run that just started)."""
+def load_config(run_dir: Path) -> DictConfig:
+    """A run directory's config.yaml (a clear error when it is missing or unreadable)."""
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise UserError(f"{run_dir} has an eval.csv but no config.yaml")
@@ -138,6 +141,13 @@ def load_run(run_dir: Path) -> Run | None:
         raise UserError(f"cannot read {config}: {str(e).strip().splitlines()[0]}") from None
     if not isinstance(cfg, DictConfig):
         raise UserError(f"{config} is not a mapping")
+    return cfg
+
+
+def load_run(run_dir: Path, cfg: DictConfig | None = None) -> Run | None:
+    """The run in ``run_dir``; None if its eval.csv has no rows yet (a run that just started)."""
+    config = run_dir / "config.yaml"
+    cfg = load_config(run_dir) if cfg is None else cfg
     missing = [k for k in ("task", "agent", "obs") if k not in cfg]
     if missing:
         raise UserError(f"{config} lacks the key(s) {', '.join(missing)}")
@@ -168,8 +178,8 @@ def load_run(run_dir: Path) -> Run | None:
     )
 
 
-def find_runs(paths: Sequence[str]) -> list[Run]:
-    """Every run with an eval.csv at or below ``paths`` (duplicates removed), in path order."""
+def find_run_dirs(paths: Sequence[str]) -> list[Path]:
+    """Every directory with an eval.csv at or below ``paths`` (duplicates removed), in path order."""
     if not paths:
         raise UserError("no run directories given; usage: difftop plot runs/a runs/b ... out=curves.png")
     dirs: dict[Path, None] = {}
@@ -187,7 +197,12 @@ def find_runs(paths: Sequence[str]) -> list[Run]:
             raise UserError(f"no eval.csv found under {p}")
         for f in found:
             dirs.setdefault(f.parent.resolve(), None)
-    runs = [r for r in (load_run(d) for d in dirs) if r is not None]
+    return list(dirs)
+
+
+def find_runs(paths: Sequence[str]) -> list[Run]:
+    """Every RL run with an eval.csv at or below ``paths``, in path order."""
+    runs = [r for r in (load_run(d) for d in find_run_dirs(paths)) if r is not None]
     if not runs:
         raise UserError(f"every eval.csv under {', '.join(map(str, paths))} is empty")
     return runs
@@ -413,7 +428,19 @@ def main(cfg: DictConfig) -> int:
     out = Path(str(cfg.out))
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UserError(f"out must end in .png, .pdf or .svg, got {cfg.out!r}")
-    runs = find_runs(_as_list(cfg.runs))
+    paths = _as_list(cfg.runs)
+    dirs = find_run_dirs(paths)
+    configs = {d: load_config(d) for d in dirs}
+    from difftop.il.plot import is_il_config
+
+    il_dirs = [d for d in dirs if is_il_config(configs[d])]
+    if il_dirs:
+        if len(il_dirs) != len(dirs):
+            raise UserError(f"{', '.join(paths)} hold both RL and IL runs; plot them separately")
+        return _plot_il(dirs, configs, out, int(cfg.dpi), paths)
+    runs = [r for r in (load_run(d, configs[d]) for d in dirs) if r is not None]
+    if not runs:
+        raise UserError(f"every eval.csv under {', '.join(map(str, paths))} is empty")
     by_key: dict[tuple[str, str, str], list[Run]] = {}
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
@@ -433,4 +460,18 @@ def main(cfg: DictConfig) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(summary.drop(columns=["seeds"]).to_string(index=False))
     print(f"saved {out} and {summary_path} ({len(runs)} runs in {len(groups)} groups)")
+    return 0
+
+
+def _plot_il(dirs: Sequence[Path], configs: dict, out: Path, dpi: int, paths: Sequence[str]) -> int:
+    """IL runs (``difftop il``): success / coverage along training, see :mod:`difftop.il.plot`."""
+    from difftop.il.plot import load_il_run, plot_il
+
+    runs = [r for r in (load_il_run(d, configs[d]) for d in dirs) if r is not None]
+    if not runs:
+        raise UserError(f"every eval.csv under {', '.join(map(str, paths))} is empty")
+    summary = plot_il(runs, out, dpi)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(summary.drop(columns=["seeds"]).to_string(index=False))
+    print(f"saved {out} and {out.with_suffix('.csv')} ({len(runs)} runs in {len(summary)} groups)")
     return 0

@@ -1,0 +1,75 @@
+"""`difftop plot` on imitation runs (difftop/il/plot.py): labels, seed grouping, summary, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from difftop import cli
+
+
+def write_il_run(root: Path, name: str, rows: list[tuple[int, float, float]], **config) -> Path:
+    """An IL run dir: config.yaml and eval.csv rows (step, success_rate, mean_max_coverage)."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"task": "pusht", "obs": "state", **config}
+    (run / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in cfg.items()))
+    lines = ["step,wall_time,success_rate,mean_max_coverage,episodes"]
+    lines += [f"{s},{s / 10},{sr},{cov},50" for s, sr, cov in rows]
+    (run / "eval.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+@pytest.fixture
+def il_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    root = tmp_path / "il"
+    for seed, cov in ((0, 0.4), (1, 0.6)):
+        base = write_il_run(root, f"bc/seed{seed}", [(5, 0.0, cov / 2), (10, 0.1, cov)], policy="bc",
+                            seed=seed)
+        write_il_run(root, f"difftop_bc/seed{seed}", [(5, 0.2, cov + 0.1), (10, 0.3, cov + 0.2)],
+                     policy="difftop", init="base", base=str(base), seed=seed)
+        write_il_run(root, f"residual_bc/seed{seed}", [(10, 0.1, cov)], policy="residual", base=str(base),
+                     seed=seed)
+    write_il_run(root, "difftop_zero/seed0", [(10, 0.0, 0.1)], policy="difftop", init="zero", base="null",
+                 seed=0)
+    # a base whose run directory is gone is still named by its folder
+    write_il_run(root, "ibc_diffusion/seed0", [(0, 0.5, 0.9)], policy="ibc",
+                 base=str(tmp_path / "gone" / "diffusion" / "seed0"), seed=0)
+    return tmp_path
+
+
+def test_il_runs_grouped_by_policy_and_base_across_seeds(il_runs, capsys):
+    assert cli.main(["plot", "il", "out=il.png"]) == 0
+    assert (il_runs / "il.png").stat().st_size > 0
+    s = pd.read_csv(il_runs / "il.csv").set_index("policy")
+    assert set(s.index) == {"bc", "difftop + bc", "residual + bc", "difftop (zero init)", "ibc + diffusion"}
+    row = s.loc["difftop + bc"]
+    assert row["n_seeds"] == 2 and row["last_step"] == 10
+    assert row["mean_max_coverage_mean"] == pytest.approx(0.7)  # (0.6 + 0.8) / 2
+    assert row["mean_max_coverage_std"] == pytest.approx(0.1)
+    assert row["success_rate_mean"] == pytest.approx(0.3)
+    assert "5 groups" in capsys.readouterr().out
+
+
+def test_rl_and_il_runs_do_not_share_a_figure(il_runs, capsys):
+    rl = il_runs / "rl" / "run"
+    rl.mkdir(parents=True)
+    (rl / "config.yaml").write_text("task: cartpole-swingup\nagent: tdmpc\nobs: state\n")
+    (rl / "eval.csv").write_text("env_step,episode,wall_time,episode_reward\n0,0,0,1\n")
+    assert cli.main(["plot", "il", "rl", "out=x.png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "both RL and IL runs" in err and len(err.splitlines()) == 1
+
+
+def test_il_eval_csv_without_metrics_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: pusht\nobs: state\npolicy: bc\n")
+    (run / "eval.csv").write_text("step,wall_time\n10,1\n")
+    assert cli.main(["plot", "r", "out=x.png"]) == 2
+    assert "lacks the columns step and success_rate" in capsys.readouterr().err
