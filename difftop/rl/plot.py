@@ -200,14 +200,6 @@ def find_run_dirs(paths: Sequence[str]) -> list[Path]:
     return list(dirs)
 
 
-def find_runs(paths: Sequence[str]) -> list[Run]:
-    """Every RL run with an eval.csv at or below ``paths``, in path order."""
-    runs = [r for r in (load_run(d) for d in find_run_dirs(paths)) if r is not None]
-    if not runs:
-        raise UserError(f"every eval.csv under {', '.join(map(str, paths))} is empty")
-    return runs
-
-
 # -- reading reference curves ------------------------------------------------------------------
 def resolve_reference_dir(reference_dir: str) -> Path:
     """``reference_dir`` as given (relative to the cwd) if it exists, else relative to the repository."""
