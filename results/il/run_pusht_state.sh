@@ -32,6 +32,14 @@ for seed in $SEEDS; do for run in $RUNS; do
     ibc_diffusion) base=diffusion; args="policy=ibc weights=$root/ibc/seed$seed"; steps=0 ;;
     *) echo "unknown run $run; choose from: $ALL"; exit 2 ;;
   esac
+  # Diffusion predicts 8-action chunks and is evaluated executing them; a policy that refines it
+  # refines and executes the whole chunk (one step at a time it would re-sample Diffusion at every
+  # step: Residual + Diffusion fell from the base's 0.72 coverage to 0.27 that way, seed 0). DiffTOP
+  # plans the chunk as an 8-step trajectory through its latent dynamics.
+  case $run in
+    residual_diffusion) args="$args policies.residual.n_action_steps=8" ;;
+    difftop_diffusion) args="$args policies.difftop.plan_horizon=8 policies.difftop.n_action_steps=8" ;;
+  esac
   [ -n "$base" ] && args="$args base=$root/$base/seed$seed"
   .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \
     $args steps=$steps eval_every=5000 eval_episodes=50 progress=false resume=true \
