@@ -242,3 +242,20 @@ def test_weights_with_zero_steps_evaluates_a_trained_ibc_with_a_base_attached(da
     assert err.count("\n") == 0 and "bc policy" in err and "trains ibc" in err
     assert _il(data, tmp_path / "y", "ibc", "policies.ibc.hidden=[8]", f"weights={ibc}", "steps=0") == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_chunk_warning_when_a_chunked_base_would_be_resampled_every_step(capsys):
+    from types import SimpleNamespace
+
+    from difftop.il.policies.base import ShapeMeta
+    from difftop.il.train import chunk_warning
+
+    diffusion = SimpleNamespace(shape_meta=ShapeMeta(obs={"state": (5,)}, action_dim=2, obs_horizon=2,
+                                                     horizon=16, n_action_steps=8))
+    msg = chunk_warning(diffusion, 1, "difftop")
+    assert "chunks of 8" in msg and "policies.difftop.n_action_steps=8" in msg and "plan_horizon=8" in msg
+    assert msg in capsys.readouterr().out
+    assert chunk_warning(diffusion, 8, "residual") is None
+    assert chunk_warning(None, 1, "bc") is None
+    bc = SimpleNamespace(shape_meta=ShapeMeta(obs={"state": (5,)}, action_dim=2))
+    assert chunk_warning(bc, 1, "residual") is None
