@@ -35,18 +35,18 @@ def refinement(run: str, max_windows: int = 2048) -> dict[str, float]:
     idx = np.linspace(0, len(ds) - 1, min(len(ds), max_windows)).astype(int)
     batch = ds.get_batch(idx)
     obs, Ta = batch["obs"], meta.n_action_steps
-    a0 = policy.frozen_base_actions(obs)
-    if a0 is None:
+    base = policy.frozen_base_actions(obs)  # one draw: a stochastic base (Diffusion) differs per call
+    if base is None:
         raise SystemExit(f"{run}: not a policy that refines a frozen base (residual, difftop init=base)")
-    a0 = a0[:, :Ta]
+    a0 = base[:, :Ta]
     if cfg.policy == "difftop":
         torch.manual_seed(0)
         To = meta.obs_horizon
         target = batch["action"][:, To - 1: To - 1 + Ta]
-        refined = policy.solve(obs, init=policy.frozen_base_actions(obs))[0][:, :Ta]
+        refined = policy.solve(obs, init=base)[0][:, :Ta]
     else:
         target = batch["action"][:, policy.window]
-        refined = policy._forward(obs, stateless=True, base=policy.frozen_base_actions(obs))[:, :Ta]
+        refined = policy._forward(obs, stateless=True, base=base)[:, :Ta]
     target = policy.normalizer.normalize("action", target)
     need, got = (target - a0).flatten(1), (refined - a0).flatten(1)
     return {
