@@ -66,11 +66,13 @@ def _base_name(base: str) -> str:
 def run_label(cfg: DictConfig) -> str:
     """``policy``, ``policy + base`` or ``policy (zero init)``: what distinguishes the runs."""
     policy = str(cfg.policy)
+    if policy == "difftop" and cfg.get("policies", {}).get("difftop", {}).get("posterior_dim") == 0:
+        policy = "difftop (no CVAE)"
     base = cfg.get("base")
     init = cfg.get("init")
-    if base and (init in (None, "base") or policy != "difftop"):
+    if base and (init in (None, "base") or not policy.startswith("difftop")):
         return f"{policy} + {_base_name(str(base))}"
-    if policy == "difftop" and init in ("zero", "random"):
+    if policy.startswith("difftop") and init in ("zero", "random"):
         return f"{policy} ({init} init)"
     return policy
 

@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ALL="bc difftop_bc residual_bc difftop_zero difftop_random bc_rnn residual_bc_rnn difftop_bc_rnn
-diffusion residual_diffusion difftop_diffusion ibc ibc_diffusion"
+diffusion residual_diffusion difftop_diffusion ibc ibc_diffusion
+difftop_nocvae_bc difftop_nocvae_bc_rnn difftop_nocvae_diffusion"
 RUNS=${1:-"bc difftop_bc"}
 [ "$RUNS" = all ] && RUNS=$ALL
 SEEDS=${2:-"0 1 2"}
@@ -26,6 +27,9 @@ for seed in $SEEDS; do for run in $RUNS; do
   case $run in
     bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
     difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;
+    # DiffTOP without the CVAE (eq. 8): on these demos beta = 1 collapses the posterior, and its 64
+    # noise inputs slowed learning the refinement (results/il/README.md)
+    difftop_nocvae_*) base=${run#difftop_nocvae_}; args="policy=difftop init=base policies.difftop.posterior_dim=0" ;;
     difftop_*) base=${run#difftop_}; args="policy=difftop init=base" ;;
     residual_*) base=${run#residual_}; args="policy=residual" ;;
     # IBC trains without its initialiser: IBC + Diffusion is the trained IBC with Diffusion attached
@@ -38,7 +42,8 @@ for seed in $SEEDS; do for run in $RUNS; do
   # plans the chunk as an 8-step trajectory through its latent dynamics.
   case $run in
     residual_diffusion) args="$args policies.residual.n_action_steps=8" ;;
-    difftop_diffusion) args="$args policies.difftop.plan_horizon=8 policies.difftop.n_action_steps=8" ;;
+    difftop_diffusion | difftop_nocvae_diffusion)
+      args="$args policies.difftop.plan_horizon=8 policies.difftop.n_action_steps=8" ;;
   esac
   [ -n "$base" ] && args="$args base=$root/$base/seed$seed"
   .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \

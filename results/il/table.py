@@ -30,6 +30,10 @@ ROWS = [
     ("bc", "BC"),
     ("residual_bc", "Residual + BC"),
     ("difftop_bc", "DiffTOP + BC"),
+    # DiffTOP without the CVAE (policies.difftop.posterior_dim=0; ours extra)
+    ("difftop_nocvae_bc", "DiffTOP (no CVAE) + BC"),
+    ("difftop_nocvae_bc_rnn", "DiffTOP (no CVAE) + BC-RNN"),
+    ("difftop_nocvae_diffusion", "DiffTOP (no CVAE) + Diffusion"),
 ]
 
 

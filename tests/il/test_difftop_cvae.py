@@ -117,6 +117,24 @@ def test_kl_term_is_the_closed_form():
     assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * kl, rel=1e-4, abs=1e-6)
 
 
+def test_posterior_dim_zero_is_a_deterministic_difftop_without_the_cvae():
+    meta = _meta(To=2, H=2, Ta=1)
+    p = _policy(meta, posterior_dim=0, prox=0.1)
+    assert p.h_l is None and not any(n.startswith("h_l.") for n, _ in p.named_parameters())
+    assert p.f[0].in_features == TINY["latent_dim"] + M  # f sees [z_s, a] and no noise inputs
+    batch = _batch(meta)
+    loss, metrics = p.compute_loss(batch)
+    assert metrics["kl"] == 0 and loss.item() == pytest.approx(metrics["mse"], rel=1e-6)
+    loss.backward()
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in p.f[0].parameters())
+    p.eval()
+    obs = _batch(meta, seed=5, b=4)["obs"]
+    torch.manual_seed(1)
+    a1 = p.predict_action(obs)
+    torch.manual_seed(2)
+    assert torch.equal(a1, p.predict_action(obs))  # no latent sample: the same action every time
+
+
 def test_imitation_loss_moves_f_d_and_encoders_through_the_solve_but_not_the_base():
     base_meta = ShapeMeta(obs={"state": (5,)}, action_dim=M, obs_horizon=3, horizon=3, n_action_steps=1)
     base = _Constant(base_meta, [190.0, 215.0])

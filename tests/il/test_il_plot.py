@@ -34,6 +34,8 @@ def il_runs(tmp_path, monkeypatch):
                      policy="difftop", init="base", base=str(base), seed=seed)
         write_il_run(root, f"residual_bc/seed{seed}", [(10, 0.1, cov)], policy="residual", base=str(base),
                      seed=seed)
+    write_il_run(root, "difftop_nocvae_bc/seed1", [(10, 0.2, 0.5)], policy="difftop", init="base",
+                 base=str(base), policies="{difftop: {posterior_dim: 0}}", seed=1)
     write_il_run(root, "difftop_zero/seed0", [(10, 0.0, 0.1)], policy="difftop", init="zero", base="null",
                  seed=0)
     # a base whose run directory is gone is still named by its folder
@@ -46,13 +48,14 @@ def test_il_runs_grouped_by_policy_and_base_across_seeds(il_runs, capsys):
     assert cli.main(["plot", "il", "out=il.png"]) == 0
     assert (il_runs / "il.png").stat().st_size > 0
     s = pd.read_csv(il_runs / "il.csv").set_index("policy")
-    assert set(s.index) == {"bc", "difftop + bc", "residual + bc", "difftop (zero init)", "ibc + diffusion"}
+    assert set(s.index) == {"bc", "difftop + bc", "residual + bc", "difftop (zero init)", "ibc + diffusion",
+                            "difftop (no CVAE) + bc"}
     row = s.loc["difftop + bc"]
     assert row["n_seeds"] == 2 and row["last_step"] == 10
     assert row["mean_max_coverage_mean"] == pytest.approx(0.7)  # (0.6 + 0.8) / 2
     assert row["mean_max_coverage_std"] == pytest.approx(0.1)
     assert row["success_rate_mean"] == pytest.approx(0.3)
-    assert "5 groups" in capsys.readouterr().out
+    assert "6 groups" in capsys.readouterr().out
 
 
 def test_rl_and_il_runs_do_not_share_a_figure(il_runs, capsys):

@@ -56,7 +56,10 @@ class DiffTOPPolicy(Policy):
         obs_encoder, encoder: the shared per-step observation encoder (:mod:`difftop.nn.encoders`:
             normalised states as they are, images through its conv net); its features over the
             history go through h_o.
-        latent_dim: Zs, the state-feature size (Table 7: 50); posterior_dim: z~ (64).
+        latent_dim: Zs, the state-feature size (Table 7: 50); posterior_dim: z~ (64). 0 drops the CVAE
+            (no h_l, no KL): the deterministic DiffTOP of eq. 8. Why offer it: on our Push-T data the
+            beta = 1 posterior collapses (KL ~1e-6), so z~ is 64 inputs of pure noise to f and d, and
+            the refinement was learned several times more slowly with them than without.
         enc_hidden / fuse_hidden / mlp_hidden: widths of h_o, h_l and of f and d (appendix C:
             256, 256, 512).
         prox: weight of a proximal term ``-prox/2 ||A - A_init||^2`` added to the objective (0: eq. 7
@@ -99,7 +102,7 @@ class DiffTOPPolicy(Policy):
         self.obs_encoder = build_encoder(shape_meta, obs_encoder, encoder)
         self.h_o = mlp(self.obs_encoder.out_dim * self.enc_horizon, enc_hidden, latent_dim)
         self.h_a = nn.Identity()
-        self.h_l = mlp(latent_dim + H * m, fuse_hidden, 2 * posterior_dim)
+        self.h_l = mlp(latent_dim + H * m, fuse_hidden, 2 * posterior_dim) if posterior_dim > 0 else None
         z = posterior_dim + latent_dim
         self.f = mlp(z + m, mlp_hidden, 1)
         if zero_init_f:
@@ -143,7 +146,10 @@ class DiffTOPPolicy(Policy):
         return self.h_o(self.obs_encoder(nobs).flatten(1))
 
     def posterior(self, z_s: Tensor, a_star: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, logvar) of q(z~ | s, a*) for normalised expert plans ``(B, H, m)``."""
+        """(mu, logvar) of q(z~ | s, a*) for normalised expert plans ``(B, H, m)`` (empty without a CVAE)."""
+        if self.h_l is None:
+            empty = z_s.new_zeros(z_s.shape[0], 0)
+            return empty, empty
         mu, logvar = self.h_l(torch.cat([z_s, self.h_a(a_star.flatten(1))], -1)).chunk(2, -1)
         return mu, logvar
 
