@@ -191,12 +191,16 @@ def main(cfg: DictConfig) -> int:
     if cfg.init is not None and cfg.init not in ("base", "zero", "random") or (cfg.init == "base" and
                                                                                policy.base is None):
         raise UserError(f"init must be zero, random or (for a policy with a base) base, got {cfg.init!r}")
+    samples = int(cfg.samples)
+    if policy.posterior_dim == 0 and samples > 1:
+        print(f"landscape: this DiffTOP has no CVAE latent (posterior_dim=0): one objective, not {samples}")
+        samples = 1
     policy.to(device)
     run = state["config"]
     torch.manual_seed(int(cfg.latent_seed))
     obs, frame = _observation(policy, run["task"], run["obs"], int(cfg.seed), int(cfg.env_steps),
                               int(run.get("max_steps", 300)), device)
-    res = compute_landscape(policy, obs, samples=int(cfg.samples), latent_seed=int(cfg.latent_seed),
+    res = compute_landscape(policy, obs, samples=samples, latent_seed=int(cfg.latent_seed),
                             grid=int(cfg.grid), path_iters=int(cfg.path_iters), init=cfg.init,
                             include_prox=bool(cfg.include_prox))
     out = Path(str(cfg.out))

@@ -128,6 +128,21 @@ def test_difftop_on_a_base_checkpoint_trains_and_evaluates(data, bc_run, tmp_pat
     assert np.allclose(numbers["paths"][0][-1], numbers["final"][0], atol=1e-3)
 
 
+def test_difftop_without_the_cvae_trains_resumes_and_draws_one_landscape(data, bc_run, tmp_path, capsys):
+    out = tmp_path / "nocvae"
+    args = [f"base={bc_run}", "init=base", "policies.difftop.posterior_dim=0", "eval_episodes=0"]
+    assert _il(data, out, "difftop", *args) == 0
+    state = load_checkpoint(out / "checkpoint.pt", kind="il")
+    assert not any(k.startswith("h_l.") for k in state["policy"])
+    assert all(float(r["kl"]) == 0 for r in _rows(out / "train.csv"))
+    assert _il(data, out, "difftop", *args, "steps=6", "resume=true") == 0  # its checkpoint rebuilds
+    capsys.readouterr()
+    png = tmp_path / "land.png"
+    assert main(["il-landscape", f"checkpoint={out}", f"out={png}", "grid=5", "path_iters=2"]) == 0
+    assert "no CVAE latent" in capsys.readouterr().out
+    assert len(json.loads(png.with_suffix(".json").read_text())["paths"]) == 1
+
+
 def test_resume_continues_the_run_exactly(data, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     extra = ["steps=6", "checkpoint_every=3", "eval_episodes=0", "init=random"]
