@@ -133,6 +133,8 @@ def test_posterior_dim_zero_is_a_deterministic_difftop_without_the_cvae():
     a1 = p.predict_action(obs)
     torch.manual_seed(2)
     assert torch.equal(a1, p.predict_action(obs))  # no latent sample: the same action every time
+    with pytest.raises(ValueError, match="posterior_dim must be >= 0"):
+        _policy(meta, posterior_dim=-1)
 
 
 def test_imitation_loss_moves_f_d_and_encoders_through_the_solve_but_not_the_base():
