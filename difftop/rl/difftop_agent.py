@@ -67,7 +67,8 @@ class DiffTOPAgent(TDMPCAgent):
                           for p in mod.parameters()]
         self.pg_optim = torch.optim.Adam(self.pg_params, lr=cfg.pg_lr or cfg.lr)
         t = cfg.trajopt
-        self.trajopt = TrajOpt(solver=t.solver, backward=t.backward, max_iters=t.max_iters, tol=t.tol)
+        self.trajopt = TrajOpt(solver=t.solver, backward=t.backward, max_iters=t.max_iters, tol=t.tol,
+                               implicit_unconverged=t.get("implicit_unconverged", "memory"))
         self.q_tau = float(t.q_tau)
         self._pg_acc: list[torch.Tensor] | None = None
         self._pg_count = 0

@@ -76,6 +76,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     qs_h = cfg.get("qs_horizon")
     if qs_h is not None and (not isinstance(qs_h, int) or isinstance(qs_h, bool) or qs_h < 1):
         raise UserError(f"qs_horizon must be null (all steps) or a positive integer, got {qs_h!r}")
+    mode = cfg.trajopt.get("implicit_unconverged", "memory")
+    if mode not in ("memory", "exact"):
+        raise UserError(f"trajopt.implicit_unconverged must be exact or memory, got {mode!r}")
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     return cfg

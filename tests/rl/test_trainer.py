@@ -96,6 +96,8 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "tdmpc, difftop, difftop_noback" in capsys.readouterr().err
     assert _run(tmp_path / "a", "qs_horizon=0") == 2
     assert "qs_horizon must be null" in capsys.readouterr().err
+    assert _run(tmp_path / "a", "trajopt.implicit_unconverged=foo") == 2
+    assert "trajopt.implicit_unconverged must be exact or memory" in capsys.readouterr().err
     out = tmp_path / "b"
     assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200", "video=false") == 0
     assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200") == 2  # would overwrite a run
