@@ -29,7 +29,8 @@ for seed in $SEEDS; do for run in $RUNS; do
     difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;
     # DiffTOP without the CVAE (eq. 8): on these demos beta = 1 collapses the posterior, and its 64
     # noise inputs slowed learning the refinement (results/il/README.md)
-    difftop_nocvae_*) base=${run#difftop_nocvae_}; args="policy=difftop init=base policies.difftop.posterior_dim=0" ;;
+    difftop_nocvae_*)
+      base=${run#difftop_nocvae_}; args="policy=difftop init=base policies.difftop.posterior_dim=0" ;;
     difftop_*) base=${run#difftop_}; args="policy=difftop init=base" ;;
     residual_*) base=${run#residual_}; args="policy=residual" ;;
     # IBC trains without its initialiser: IBC + Diffusion is the trained IBC with Diffusion attached
