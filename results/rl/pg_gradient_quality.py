@@ -6,7 +6,8 @@ start, the run's solver settings) and takes the gradient of the PG loss ``-c0 mi
 with respect to the PG parameters (encoder, dynamics, reward, latent Q). It compares the gradient
 under each ``implicit_unconverged`` mode with a reference from solves run to convergence
 (``--ref-iters`` iterations, tol 1e-6, exact implicit backward): per-sample cosine and norm ratio,
-and the cosine of the summed gradient (what the online scheme applies once per episode).
+the cosine of the summed gradient (what the online scheme applies once per episode), and the time
+per state of the solve and its PG backward.
 
     .venv/bin/python results/rl/pg_gradient_quality.py runs/cpu-memory/reacher-easy/difftop/seed1
 """
@@ -14,6 +15,7 @@ and the cosine of the summed gradient (what the online scheme applies once per e
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import torch
@@ -77,16 +79,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.ref_iters} iterations, converged {ref_conv.mean():.2f}, "
           f"zero gradient {(~nz).float().mean():.2f}")
     print("| max_iters | implicit_unconverged | mean iterations | not converged "
-          "| per-sample cosine (median, p10) | norm ratio (median, max) | cosine of the summed gradient |")
-    print("|---|---|---|---|---|---|---|")
+          "| per-sample cosine (median, p10) | norm ratio (median, max) | cosine of the summed gradient "
+          "| ms per state |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode in ("memory", "exact"):
+        t0 = time.perf_counter()
         g, conv, iters = pg_gradients(agent, obs, step, implicit_unconverged=mode)
+        ms = 1000 * (time.perf_counter() - t0) / len(obs)
         cos = torch.nn.functional.cosine_similarity(g, ref, dim=1)[nz].numpy()
         ratio = (g.norm(dim=1) / ref.norm(dim=1).clamp(min=1e-12))[nz].numpy()
         total = float(torch.nn.functional.cosine_similarity(g.sum(0), ref.sum(0), dim=0))
         print(f"| {agent.trajopt.max_iters} | {mode} | {iters.mean():.1f} | {1 - conv.mean():.2f} | "
               f"{np.median(cos):.3f}, {np.percentile(cos, 10):.3f} | "
-              f"{np.median(ratio):.2f}, {ratio.max():.3g} | {total:.3f} |")
+              f"{np.median(ratio):.2f}, {ratio.max():.3g} | {total:.3f} | {ms:.0f} |")
     return 0
 
 
