@@ -10,6 +10,7 @@ the cosine of the summed gradient (what the online scheme applies once per episo
 per state of the solve and its PG backward.
 
     .venv/bin/python results/rl/pg_gradient_quality.py runs/cpu-memory/reacher-easy/difftop/seed1
+    .venv/bin/python results/rl/pg_gradient_quality.py RUN --max-iters 20 50 100   # other budgets
 """
 
 from __future__ import annotations
@@ -50,46 +51,60 @@ def pg_gradients(agent, obs: torch.Tensor, step: int, **trajopt
         agent.trajopt = base
 
 
+def load_run(run: str, states: int, seed: int):
+    """(agent, observations (states, obs_dim) from the run's replay buffer, agent step, env steps)."""
+    state = torch.load(f"{run}/checkpoint.pt", weights_only=False, map_location="cpu")
+    cfg = OmegaConf.create(state["config"])
+    if cfg.agent != "difftop" or cfg.obs != "state":
+        raise SystemExit(f"{run}: needs a state-based difftop run, got {cfg.agent} from {cfg.obs}")
+    cfg.device = "cpu"
+    _, _, agent = build(cfg)
+    agent.load_state_dict(state["agent"], weights_only=True)
+    obs_all = np.load(f"{run}/buffer.npz")["obs"]
+    obs_all = obs_all.reshape(-1, obs_all.shape[-1])
+    stored = np.flatnonzero(np.abs(obs_all).sum(1) > 0)
+    pick = np.random.default_rng(seed).choice(stored, min(states, len(stored)), replace=False)
+    step = int(state["agent_step"])
+    return agent, torch.as_tensor(obs_all[pick], dtype=torch.float32), step, step * int(cfg.action_repeat)
+
+
+def compare(g: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Per-sample cosine and norm ratio (samples with a non-zero reference) and the summed cosine."""
+    nz = ref.norm(dim=1) > 0  # samples with every action at a bound have a zero gradient
+    return {"cos": torch.nn.functional.cosine_similarity(g, ref, dim=1)[nz].numpy(),
+            "ratio": (g.norm(dim=1) / ref.norm(dim=1).clamp(min=1e-12))[nz].numpy(),
+            "total": float(torch.nn.functional.cosine_similarity(g.sum(0), ref.sum(0), dim=0))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a DiffTOP RL run directory (checkpoint.pt and buffer.npz)")
     ap.add_argument("--states", type=int, default=48)
     ap.add_argument("--ref-iters", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-iters", type=int, nargs="*", default=None,
+                    help="solver iteration budgets to compare (default: the run's own)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    state = torch.load(f"{args.run}/checkpoint.pt", weights_only=False, map_location="cpu")
-    cfg = OmegaConf.create(state["config"])
-    if cfg.agent != "difftop" or cfg.obs != "state":
-        raise SystemExit(f"{args.run}: needs a state-based difftop run, got {cfg.agent} from {cfg.obs}")
-    cfg.device = "cpu"
-    _, _, agent = build(cfg)
-    agent.load_state_dict(state["agent"], weights_only=True)
-    step = int(state["agent_step"])
-    obs_all = np.load(f"{args.run}/buffer.npz")["obs"]
-    obs_all = obs_all.reshape(-1, obs_all.shape[-1])
-    stored = np.flatnonzero(np.abs(obs_all).sum(1) > 0)
-    pick = np.random.default_rng(args.seed).choice(stored, min(args.states, len(stored)), replace=False)
-    obs = torch.as_tensor(obs_all[pick], dtype=torch.float32)
-
+    agent, obs, step, env_steps = load_run(args.run, args.states, args.seed)
     ref, ref_conv, _ = pg_gradients(agent, obs, step, max_iters=args.ref_iters, tol=1e-6,
                                     implicit_unconverged="exact")
-    nz = ref.norm(dim=1) > 0  # samples with every action at a bound have a zero gradient
-    print(f"{args.run} at {step * cfg.action_repeat} env steps, {len(obs)} buffer states; reference: "
+    nz = ref.norm(dim=1) > 0
+    print(f"{args.run} at {env_steps} env steps, {len(obs)} buffer states; reference: "
           f"{args.ref_iters} iterations, converged {ref_conv.mean():.2f}, "
           f"zero gradient {(~nz).float().mean():.2f}")
     print("| max_iters | implicit_unconverged | mean iterations | not converged "
           "| per-sample cosine (median, p10) | norm ratio (median, max) | cosine of the summed gradient "
           "| ms per state |")
     print("|---|---|---|---|---|---|---|---|")
-    for mode in ("memory", "exact"):
+    budgets = args.max_iters or [agent.trajopt.max_iters]
+    for max_iters, mode in ((k, m) for k in budgets for m in ("memory", "exact")):
         t0 = time.perf_counter()
-        g, conv, iters = pg_gradients(agent, obs, step, implicit_unconverged=mode)
+        g, conv, iters = pg_gradients(agent, obs, step, implicit_unconverged=mode, max_iters=max_iters)
         ms = 1000 * (time.perf_counter() - t0) / len(obs)
-        cos = torch.nn.functional.cosine_similarity(g, ref, dim=1)[nz].numpy()
-        ratio = (g.norm(dim=1) / ref.norm(dim=1).clamp(min=1e-12))[nz].numpy()
-        total = float(torch.nn.functional.cosine_similarity(g.sum(0), ref.sum(0), dim=0))
-        print(f"| {agent.trajopt.max_iters} | {mode} | {iters.mean():.1f} | {1 - conv.mean():.2f} | "
+        c = compare(g, ref)
+        cos, ratio, total = c["cos"], c["ratio"], c["total"]
+        print(f"| {max_iters} | {mode} | {iters.mean():.1f} | {1 - conv.mean():.2f} | "
               f"{np.median(cos):.3f}, {np.percentile(cos, 10):.3f} | "
               f"{np.median(ratio):.2f}, {ratio.max():.3g} | {total:.3f} | {ms:.0f} |")
     return 0
