@@ -35,7 +35,6 @@ def compute_landscape(policy: Any, obs: dict[str, torch.Tensor], *, samples: int
     ``include_prox=False`` draws the learned part ``sum_t gamma^t f`` alone (the paths still follow the
     full objective the policy maximises).
     """
-    from difftop.trajopt import TrajOpt
 
     H, m = policy.plan_horizon, policy.shape_meta.action_dim
     if m != 2:
@@ -49,8 +48,7 @@ def compute_landscape(policy: Any, obs: dict[str, torch.Tensor], *, samples: int
     layer = policy.trajopt
     path = []
     for k in range(int(path_iters) + 1):
-        solver = TrajOpt(solver=layer.solver_name, backward="none", max_iters=k, tol=layer.tol, low=-1.0,
-                         high=1.0, **layer.solver_options)
+        solver = layer.replace(backward="none", max_iters=k, low=-1.0, high=1.0)
         plan, info = solver(policy.objective(z_s, z_tilde, a0), a0)
         path.append(plan)
         if k and bool(info.converged.all()) and torch.equal(plan, path[-2]):

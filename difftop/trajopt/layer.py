@@ -52,7 +52,9 @@ class TrajOpt(nn.Module):
                  cg_tol: float | None = None, cg_max_iters: int | None = None,
                  low: float | Tensor = -1.0, high: float | Tensor = 1.0, dense_max_batch: int = 16,
                  implicit_unconverged: str = "memory", ftol: float = 0.0, **solver_options):
+        settings = {k: v for k, v in locals().items() if k not in ("self", "__class__", "solver_options")}
         super().__init__()
+        self._settings = {**settings, **solver_options}  # what replace() starts from
         if backward not in BACKWARD_MODES:
             raise ValueError(
                 f"unknown trajopt backward mode {backward!r}; choose one of {list(BACKWARD_MODES)}")
@@ -85,6 +87,11 @@ class TrajOpt(nn.Module):
             self.solver: Solver | None = None
         else:
             self.solver = make_solver(solver, **solver_options)
+
+    def replace(self, **changes) -> TrajOpt:
+        """A new layer with these settings changed and every other one as here (diagnostics that
+        re-solve with, say, more iterations or no backward)."""
+        return TrajOpt(**{**self._settings, **changes})
 
     def extra_repr(self) -> str:
         return (f"solver={self.solver_name}, backward={self.backward}, max_iters={self.max_iters}, "

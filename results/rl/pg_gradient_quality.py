@@ -23,7 +23,6 @@ import torch
 from omegaconf import OmegaConf
 
 from difftop.rl.trainer import build
-from difftop.trajopt import TrajOpt
 from difftop.trajopt.info import NOT_CONVERGED
 
 
@@ -31,9 +30,7 @@ def pg_gradients(agent, obs: torch.Tensor, step: int, **trajopt
                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(per-sample flat PG gradients (N, P), converged (N,), iterations (N,)) under these solver settings."""
     base = agent.trajopt
-    kw = dict(solver=base.solver_name, backward=base.backward, max_iters=base.max_iters, tol=base.tol,
-              low=base.low, high=base.high, implicit_unconverged=base.implicit_unconverged)
-    agent.trajopt = TrajOpt(**{**kw, **trajopt}, **base.solver_options)
+    agent.trajopt = base.replace(**trajopt)
     try:
         grads, conv, iters = [], [], []
         for i in range(len(obs)):

@@ -266,6 +266,24 @@ def test_module_form_equals_optimize_and_is_reusable():
         torch.testing.assert_close(g1, z.grad, atol=0, rtol=0)
 
 
+def test_replace_changes_only_the_named_settings():
+    layer = TrajOpt(solver="lbfgs", backward="implicit", max_iters=3, tol=1e-8, low=-0.8, high=0.8,
+                    implicit_unconverged="exact", memory=4, sign_iters=2)
+    other = layer.replace(max_iters=40, backward="none")
+    assert (other.max_iters, other.backward, layer.max_iters, layer.backward) == (40, "none", 3, "implicit")
+    assert (other.tol, other.low, other.high, other.implicit_unconverged) == (1e-8, -0.8, 0.8, "exact")
+    assert other.solver_options == {"memory": 4, "sign_iters": 2} and other.solver.memory == 4
+    B = 4
+    P = Latent(_z0(B, seed=1), seed=2)
+    init = torch.zeros(B, T, M, dtype=DT)
+    a, _ = other(P.objective(), init)
+    a2, _ = optimize(P.objective(), init, solver="lbfgs", backward="none", max_iters=40, tol=1e-8,
+                     low=-0.8, high=0.8, memory=4, sign_iters=2)
+    assert torch.equal(a, a2)
+    with pytest.raises(ValueError, match="implicit_unconverged"):
+        layer.replace(implicit_unconverged="bogus")
+
+
 # --- non-finite values -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("implicit_solver", ["dense", "cg"])
