@@ -19,6 +19,9 @@ for src in runs/cpu runs/il; do
 done
 if [ -d results/rl/cpu ]; then
   .venv/bin/difftop plot results/rl/cpu out=results/rl/cpu_states.png reference=tdmpc-state
+  # The seed-1 DiffTOP runs of sessions 2-5 (memory-mode PG gradient, 20 solver iterations) beside TD-MPC
+  .venv/bin/difftop plot results/rl/cpu/*/tdmpc results/rl/cpu-memory results/rl/cpu-iters20/*/difftop_noback \
+    out=results/rl/cpu_states_sessions2-5.png reference=tdmpc-state
 fi
 # IL: the Table 1/3 layout and the evaluation curves of each results/il/runs/<task>/<setting>
 for root in results/il/runs/*/*; do
