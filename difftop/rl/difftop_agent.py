@@ -109,18 +109,25 @@ class DiffTOPAgent(TDMPCAgent):
         return a
 
     def act(self, obs: np.ndarray, *, step: int, t0: bool, eval_mode: bool = False) -> np.ndarray:
-        if step < self.cfg.seed_steps and not eval_mode:
+        if eval_mode:
+            return self.act_batch(np.asarray(obs)[None], step=step, t0=t0)[0]
+        if step < self.cfg.seed_steps:
             return self.random_action()
         obs_t = self._obs_tensor(obs)
-        explore = not eval_mode
-        if self.pg_mode == "online" and not eval_mode:
+        if self.pg_mode == "online":
             a = self._online_pg(obs_t, step)
         else:
             with torch.no_grad():
-                a = self.solve(self.model.h(obs_t), step, explore, record=not eval_mode)[0, 0]
-        if explore and self.cfg.explore_std > 0:
+                a = self.solve(self.model.h(obs_t), step, explore=True)[0, 0]
+        if self.cfg.explore_std > 0:
             a = a + self.cfg.explore_std * torch.randn_like(a)
         return self._finite(a)
+
+    def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:
+        """Evaluation actions (B, A): one batched solve for B states (no exploration, not logged)."""
+        with torch.no_grad():
+            z0 = self.model.h(torch.as_tensor(np.asarray(obs), device=self.device))
+            return self._finite(self.solve(z0, step, explore=False, record=False)[:, 0])
 
     # ------------------------------------------------------ policy gradient
     def _pg_loss(self, obs: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:

@@ -17,19 +17,19 @@ __all__ = ["evaluate_rl_checkpoint"]
 
 
 def evaluate_rl_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
-    from difftop.rl.trainer import build, evaluate
+    from difftop.rl.trainer import MAX_EVAL_ENVS, build, evaluate
 
     run_cfg = OmegaConf.create(state["config"])
     run_cfg.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    _, env, agent = build(run_cfg)
+    _, envs, agent = build(run_cfg, eval_envs=min(int(cfg.episodes), MAX_EVAL_ENVS))
     agent.load_state_dict(state["agent"], weights_only=True)
     out = Path(cfg.out_dir) if cfg.out_dir else path.parent / "eval"
     step = int(state["agent_step"])
     video = out / f"checkpoint_{step * run_cfg.action_repeat:08d}.mp4" if cfg.video else None
-    returns, written = evaluate(agent, env, int(cfg.episodes), step, int(cfg.seed), video)
+    returns, written = evaluate(agent, envs, int(cfg.episodes), step, int(cfg.seed), video)
     result = {"checkpoint": str(path), "task": run_cfg.task, "agent": run_cfg.agent, "obs": run_cfg.obs,
               "env_step": step * run_cfg.action_repeat, "episodes": len(returns),
               "mean": float(np.mean(returns)), "std": float(np.std(returns)), "returns": returns,

@@ -99,12 +99,22 @@ class TDMPCAgent:
 
     def act(self, obs: np.ndarray, *, step: int, t0: bool, eval_mode: bool = False) -> np.ndarray:
         """Action for one observation; uniform random during the seed steps (training only)."""
-        if step < self.cfg.seed_steps and not eval_mode:
+        if eval_mode:
+            return self.act_batch(np.asarray(obs)[None], step=step, t0=t0)[0]
+        if step < self.cfg.seed_steps:
             return self.random_action()
         with torch.no_grad():
             z = self.model.h(self._obs_tensor(obs))
-            a = self.planner.plan(z, t0=t0, eval_mode=eval_mode, step=step)
+            a = self.planner.plan(z, t0=t0, eval_mode=False, step=step)
         return self._finite(a[0])
+
+    def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:
+        """Evaluation actions (B, A) for a batch of observations (B, ...): episodes run in lockstep
+        (MPPI keeps one warm start per state; ``t0`` at their common first step)."""
+        with torch.no_grad():
+            z = self.model.h(torch.as_tensor(np.asarray(obs), device=self.device))
+            a = self.planner.plan(z, t0=t0, eval_mode=True, step=step)
+        return self._finite(a)
 
     def _finite(self, a: torch.Tensor) -> np.ndarray:
         a = torch.nan_to_num(a.detach(), nan=0.0).clamp(-1.0, 1.0)

@@ -36,6 +36,7 @@ from difftop.utils.video import save_video
 __all__ = ["main", "resolve_config", "train", "evaluate", "build"]
 
 AGENTS = ("tdmpc", "difftop", "difftop_noback")
+MAX_EVAL_ENVS = 10  # evaluation episodes run in lockstep at most (one environment, one renderer each)
 OBS = ("state", "pixels")
 
 
@@ -84,38 +85,51 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def build(cfg: DictConfig, *, eval_seed_offset: int = 0):
-    """(train env, eval env, agent) for a resolved config."""
+def build(cfg: DictConfig, *, eval_seed_offset: int = 0, eval_envs: int = 1):
+    """(train env, eval envs (a list of ``eval_envs``), agent) for a resolved config."""
     from difftop.envs import make_env
     from difftop.rl.difftop_agent import make_agent
 
     kw = dict(action_repeat=cfg.action_repeat, frame_stack=cfg.frame_stack, image_size=cfg.image_size,
               episode_length=cfg.episode_length, render_size=cfg.render_size)
     env = make_env(cfg.task, cfg.obs, seed=cfg.seed, **kw)
-    eval_env = make_env(cfg.task, cfg.obs, seed=cfg.seed + eval_seed_offset, **kw)
+    evals = [make_env(cfg.task, cfg.obs, seed=cfg.seed + eval_seed_offset + i, **kw)
+             for i in range(max(1, int(eval_envs)))]
     agent = make_agent(cfg, env.observation_space.shape, env.action_space.shape[0], cfg.device)
-    return env, eval_env, agent
+    return env, evals, agent
 
 
-def evaluate(agent, env, episodes: int, step: int, seed_base: int, video_path: Path | None = None,
+def evaluate(agent, envs, episodes: int, step: int, seed_base: int, video_path: Path | None = None,
              fps: int = 30) -> tuple[list[float], Path | None]:
-    """Returns of ``episodes`` deterministic-policy episodes; a video of the first if asked."""
+    """Returns of ``episodes`` deterministic-policy episodes (episode ``j`` reset with seed
+    ``seed_base + j``); a video of the first if asked.
+
+    Episodes run in lockstep, ``len(envs)`` at a time, with one batched ``agent.act_batch`` per
+    step: a DiffTOP solve at batch 1 is overhead-bound, so B episodes cost little more than one.
+    A finished episode's environment is no longer stepped (its action is dropped)."""
+    envs = list(envs) if isinstance(envs, (list, tuple)) else [envs]
     returns, frames, written = [], [], None
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed_base + i)
-        done, total, t = False, 0.0, 0
-        record = video_path is not None and i == 0
+    for first in range(0, episodes, len(envs)):
+        group = envs[: min(len(envs), episodes - first)]
+        obs = [env.reset(seed=seed_base + first + i)[0] for i, env in enumerate(group)]
+        totals = [0.0] * len(group)
+        done = [False] * len(group)
+        record = video_path is not None and first == 0
         if record:
-            frames.append(env.render())
-        while not done:
-            action = agent.act(obs, step=step, t0=t == 0, eval_mode=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
+            frames.append(group[0].render())
+        t = 0
+        while not all(done):
+            actions = agent.act_batch(np.stack(obs), step=step, t0=t == 0)
+            for i, env in enumerate(group):
+                if done[i]:
+                    continue
+                obs[i], reward, terminated, truncated, _ = env.step(actions[i])
+                totals[i] += float(reward)
+                done[i] = terminated or truncated
+                if record and i == 0:
+                    frames.append(env.render())
             t += 1
-            if record:
-                frames.append(env.render())
-        returns.append(total)
+        returns.extend(totals)
     if frames:
         written = save_video(frames, video_path, fps=fps)
     return returns, written
@@ -138,7 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    env, eval_env, agent = build(cfg)
+    env, eval_envs, agent = build(cfg, eval_envs=min(int(cfg.eval_episodes), MAX_EVAL_ENVS))
     from difftop.rl.replay import ReplayBuffer
 
     ar = cfg.action_repeat
@@ -202,7 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if env_step >= next_eval:
                     bar.note("evaluating")
                     vid = out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None
-                    rets, _ = evaluate(agent, eval_env, cfg.eval_episodes, agent_step,
+                    rets, _ = evaluate(agent, eval_envs, cfg.eval_episodes, agent_step,
                                        10**6 + cfg.seed * 1000, vid)
                     last_eval = float(np.mean(rets))
                     logger.log("eval", {"env_step": env_step, "episode": episode, "wall_time": wall(),

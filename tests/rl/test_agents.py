@@ -288,3 +288,17 @@ def test_solves_cut_short_get_the_exact_implicit_gradient_by_default(tiny_cfg):
         (-a.sum()).backward()
         assert bool((info.status & NOT_CONVERGED).all())
         assert bool((info.status & IMPLICIT_INEXACT).any()) == inexact
+
+
+@pytest.mark.parametrize("agent_name", ["tdmpc", "difftop", "difftop_noback"])
+def test_act_batch_acts_for_every_state_and_eval_act_is_its_batch_of_one(tiny_cfg, agent_name):
+    torch.manual_seed(0)
+    agent = make_agent(tiny_cfg(agent=agent_name), (OBS,), M)
+    _nonzero_heads(agent)
+    obs = np.random.default_rng(0).normal(size=(4, OBS)).astype(np.float32)
+    a = agent.act_batch(obs, step=10**6, t0=True)
+    assert a.shape == (4, M) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
+    one = np.stack([agent.act(o, step=10**6, t0=True, eval_mode=True) for o in obs])
+    if agent_name != "tdmpc":  # a DiffTOP solve is deterministic and independent of the batch
+        np.testing.assert_allclose(a, one, atol=1e-5)
+    assert agent.end_episode().get("solve_iters") is None  # evaluation solves are not logged

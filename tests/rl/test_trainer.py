@@ -18,7 +18,9 @@ TINY = ["mlp_dim=32", "enc_dim=16", "latent_dim=8", "num_channels=4", "num_sampl
 
 
 def _run(out, *extra):
-    return main(["rl", "task=cartpole-swingup", f"out_dir={out}", *TINY, *extra])
+    given = {e.split("=")[0] for e in extra}  # an extra key replaces TINY's
+    tiny = [t for t in TINY if t.split("=")[0] not in given]
+    return main(["rl", "task=cartpole-swingup", f"out_dir={out}", *tiny, *extra])
 
 
 def _rows(path):
@@ -28,7 +30,7 @@ def _rows(path):
 
 @pytest.mark.parametrize("agent,obs,extra", [
     ("tdmpc", "state", []),
-    ("difftop", "state", ["pg_mode=online"]),
+    ("difftop", "state", ["pg_mode=online", "eval_episodes=3"]),  # 3 eval episodes in lockstep
     ("difftop", "state", ["pg_mode=batched", "init=zero", "reward_coef=0", "consistency_coef=0"]),
     ("difftop_noback", "state", []),
     ("tdmpc", "pixels", ["image_size=64"]),
@@ -45,6 +47,7 @@ def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, ex
     assert any((out / "tb").iterdir())
     evals = _rows(out / "eval.csv")
     assert [int(r["env_step"]) for r in evals] == [0, 200, 400]
+    assert {int(r["episodes"]) for r in evals} == {3 if "eval_episodes=3" in extra else 1}
     train = _rows(out / "train.csv")
     assert len(train) == 2 and "value_loss" in train[-1] and train[-1]["value_loss"] != ""
     if agent == "difftop":
@@ -133,3 +136,16 @@ def test_resume_in_the_middle_of_an_update_burst(tmp_path, monkeypatch):
         assert torch.equal(v, b["agent"]["modules"]["model"][k]), k
     assert _rows(tmp_path / "full" / "eval.csv")[-1]["episode_reward"] == \
         _rows(tmp_path / "cut" / "eval.csv")[-1]["episode_reward"]
+
+
+def test_lockstep_evaluation_equals_one_episode_at_a_time(tiny_cfg):
+    from difftop.rl.trainer import build, evaluate
+
+    cfg = tiny_cfg(agent="difftop_noback", task="cartpole-swingup", episode_length=80, action_repeat=8,
+                   device="cpu")
+    _, envs, agent = build(cfg, eval_envs=3)
+    assert len(envs) == 3
+    together, _ = evaluate(agent, envs, 5, step=10**6, seed_base=7)  # groups of 3 and 2
+    alone, _ = evaluate(agent, envs[0], 5, step=10**6, seed_base=7)
+    assert len(together) == 5 and together == pytest.approx(alone, abs=1e-3)
+    assert len(set(round(r, 6) for r in alone)) > 1  # the episodes differ (their seeds)

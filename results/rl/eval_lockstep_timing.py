@@ -1,0 +1,40 @@
+"""Time one evaluation (5 episodes) of a trained RL run, one episode at a time vs in lockstep.
+
+``difftop rl`` and ``difftop eval`` run evaluation episodes in lockstep (one batched act per step,
+``difftop.rl.trainer.evaluate``). This measures what that buys on a saved run:
+
+    .venv/bin/python results/rl/eval_lockstep_timing.py runs/cpu-memory/reacher-easy/difftop/seed1 [max_iters]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from difftop.rl.trainer import build, evaluate
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    run = sys.argv[1]
+    state = torch.load(f"{run}/checkpoint.pt", weights_only=False, map_location="cpu")
+    cfg = OmegaConf.create(state["config"])
+    cfg.device = "cpu"
+    if len(sys.argv) > 2:
+        cfg.trajopt.max_iters = int(sys.argv[2])
+    _, envs, agent = build(cfg, eval_envs=5)
+    agent.load_state_dict(state["agent"], weights_only=True)
+    step = int(state["agent_step"])
+    for n in (5, 1):
+        t = time.perf_counter()
+        returns, _ = evaluate(agent, envs[:n], 5, step, 10**6 + 1000 * int(cfg.seed))
+        print(f"{cfg.agent} {cfg.task}, {n} env(s): {time.perf_counter() - t:.1f} s, "
+              f"returns {[round(r, 1) for r in returns]}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
