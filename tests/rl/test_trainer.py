@@ -33,7 +33,7 @@ def _rows(path):
     ("difftop", "state", ["pg_mode=online", "eval_episodes=3"]),  # 3 eval episodes in lockstep
     ("difftop", "state", ["pg_mode=batched", "init=zero", "reward_coef=0", "consistency_coef=0"]),
     ("difftop_noback", "state", []),
-    ("tdmpc", "pixels", ["image_size=64"]),
+    ("tdmpc", "pixels", ["image_size=64", "eval_episodes=2"]),  # two renderers in lockstep
     ("difftop", "pixels", ["image_size=64", "pg_mode=online"]),
     ("difftop", "pixels", ["image_size=64", "pg_mode=batched", "qs_horizon=1"]),
     ("difftop_noback", "pixels", ["image_size=64"]),
@@ -47,7 +47,8 @@ def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, ex
     assert any((out / "tb").iterdir())
     evals = _rows(out / "eval.csv")
     assert [int(r["env_step"]) for r in evals] == [0, 200, 400]
-    assert {int(r["episodes"]) for r in evals} == {3 if "eval_episodes=3" in extra else 1}
+    n_eval = next((int(e.split("=")[1]) for e in extra if e.startswith("eval_episodes=")), 1)
+    assert {int(r["episodes"]) for r in evals} == {n_eval}
     train = _rows(out / "train.csv")
     assert len(train) == 2 and "value_loss" in train[-1] and train[-1]["value_loss"] != ""
     if agent == "difftop":
