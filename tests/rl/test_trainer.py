@@ -148,5 +148,6 @@ def test_lockstep_evaluation_equals_one_episode_at_a_time(tiny_cfg):
     assert len(envs) == 3
     together, _ = evaluate(agent, envs, 5, step=10**6, seed_base=7)  # groups of 3 and 2
     alone, _ = evaluate(agent, envs[0], 5, step=10**6, seed_base=7)
-    assert len(together) == 5 and together == pytest.approx(alone, abs=1e-3)
-    assert len(set(round(r, 6) for r in alone)) > 1  # the episodes differ (their seeds)
+    # returns ~1e-3..1e-2 that differ by >= 1e-3 between episodes; batched float arithmetic ~1e-8
+    assert len(together) == 5 and together == pytest.approx(alone, rel=1e-4, abs=1e-6)
+    assert min(abs(x - y) for i, x in enumerate(alone) for y in alone[:i]) > 1e-4  # episodes differ
