@@ -21,6 +21,9 @@ EVALUATORS: dict[str, str] = {
 
 
 def main(cfg: DictConfig) -> int:
+    episodes = cfg.get("episodes")
+    if episodes is not None and (not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1):
+        raise UserError(f"episodes must be a positive integer, got {episodes!r}")
     path = Path(str(cfg.checkpoint))
     if path.is_dir():
         path = path / "checkpoint.pt"

@@ -84,6 +84,8 @@ def test_eval_command_and_its_errors(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "return" in text and "+-" in text and "over 2 episodes" in text
     assert (out / "eval" / "eval.json").exists() and list((out / "eval").glob("*.mp4"))
+    assert main(["eval", f"checkpoint={out / 'checkpoint.pt'}", "episodes=0"]) == 2
+    assert "episodes must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["eval", f"checkpoint={tmp_path / 'nope.pt'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
