@@ -95,7 +95,10 @@ def build(cfg: DictConfig, *, eval_seed_offset: int = 0, eval_envs: int = 1):
     env = make_env(cfg.task, cfg.obs, seed=cfg.seed, **kw)
     evals = [make_env(cfg.task, cfg.obs, seed=cfg.seed + eval_seed_offset + i, **kw)
              for i in range(max(1, int(eval_envs)))]
-    agent = make_agent(cfg, env.observation_space.shape, env.action_space.shape[0], cfg.device)
+    try:
+        agent = make_agent(cfg, env.observation_space.shape, env.action_space.shape[0], cfg.device)
+    except ValueError as e:  # a setting the agent or its trajopt layer rejects, e.g. trajopt.solver=foo
+        raise UserError(f"agent {cfg.agent}: {e}") from None
     return env, evals, agent
 
 
