@@ -36,6 +36,9 @@ ROWS = {  # row name -> agent overrides
 
 
 def main(cfg: DictConfig) -> dict:
+    unknown = [r for r in cfg.rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"unknown bench rl rows {unknown}; choose from: {', '.join(ROWS)}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     from difftop.envs import make_env

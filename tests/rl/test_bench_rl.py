@@ -26,3 +26,10 @@ def test_bench_rl_unknown_preset_is_one_line(tmp_path, capsys):
     assert main(["bench", "rl", "rl_preset=nope", f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown rl_preset 'nope'" in err and "quick" in err
+
+
+def test_bench_rl_unknown_row_is_one_line(tmp_path, capsys):
+    assert main(["bench", "rl", "rows=[tdmpc,foo]", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown bench rl rows ['foo']" in err and "difftop_noback" in err
+    assert not list(tmp_path.iterdir())  # nothing written
