@@ -90,7 +90,31 @@ def _row(name, solver, backward, options, B, wall, cpu, out, P) -> dict:
     return row
 
 
+def _check(cfg: DictConfig) -> None:
+    """Bad settings fail here, in one line, before anything is timed."""
+    from difftop.cli import UserError
+
+    for r in cfg.rows:
+        if not OmegaConf.is_dict(r) or not {"name", "solver", "backward", "batches"} <= set(r):
+            raise UserError("bench trajopt: every entry of rows is {name, solver, backward, batches, "
+                            f"options}}, got {r!r} (to run some rows only: only=[name,...])")
+    names = [r.name for r in cfg.rows] + ["theseus-official", "mppi-tdmpc"]
+    unknown = [n for n in cfg.get("only") or [] if n not in names]
+    if unknown:
+        raise UserError(f"bench trajopt: unknown rows in only: {unknown}; choose from: {', '.join(names)}")
+    bad = [b for b in cfg.batch_sizes if not isinstance(b, int) or isinstance(b, bool) or b < 1]
+    if bad or not cfg.batch_sizes:
+        raise UserError(f"bench trajopt: batch_sizes must be positive integers, got {list(cfg.batch_sizes)}")
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"bench trajopt: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.reference not in names:
+        raise UserError(f"bench trajopt: reference {cfg.reference!r} is not a row; "
+                        f"choose from: {', '.join(names)}")
+
+
 def main(cfg: DictConfig) -> int:
+    _check(cfg)
+    only = set(cfg.get("only") or [])
     torch.set_num_threads(int(cfg.threads))
     dtype = DTYPES[cfg.dtype]
     pc = cfg.problem
@@ -102,8 +126,8 @@ def main(cfg: DictConfig) -> int:
                              batch_rewards=bool(pc.get("batch_rewards", False)))
         w = torch.randn(int(B), pc.action_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
         todo = [(r.name, r.solver, r.backward, dict(r.get("options", {}))) for r in cfg.rows
-                if int(B) in r.batches]
-        if cfg.theseus.enabled and int(B) in cfg.theseus.batches:
+                if int(B) in r.batches and (not only or r.name in only)]
+        if cfg.theseus.enabled and int(B) in cfg.theseus.batches and (not only or "theseus-official" in only):
             opts = {"max_iters": cfg.theseus.max_iters, "step_size": cfg.theseus.step_size,
                     "damping": cfg.theseus.damping, "backward_iters": cfg.theseus.backward_iters}
             todo.append(("theseus-official", "theseus", "truncated", opts))
@@ -116,7 +140,7 @@ def main(cfg: DictConfig) -> int:
                 continue
             fns[name] = _solve_fn(P, layer, backward != "none", w)
             meta[name] = (solver, backward, " ".join(f"{k}={v}" for k, v in opts.items()))
-        if cfg.mppi.enabled and int(B) == 1:
+        if cfg.mppi.enabled and int(B) == 1 and (not only or "mppi-tdmpc" in only):
             fns["mppi-tdmpc"] = _mppi_fn(cfg, P)
             m = cfg.mppi
             meta["mppi-tdmpc"] = ("mppi", "none", f"iterations={m.iterations} num_samples={m.num_samples} "

@@ -26,3 +26,25 @@ def test_bench_trajopt_cli_tiny(tmp_path, monkeypatch):
     md = (tmp_path / "res" / "trajopt_tiny.md").read_text()
     assert "| batch | row |" in md
     assert not (tmp_path / "outputs").exists()
+
+
+def test_bench_trajopt_only_some_rows(tmp_path):
+    rc = cli.main([
+        "bench", "trajopt", "runs=1", "warmup=0", "batch_sizes=[1]", "problem.latent_dim=4",
+        "problem.mlp_dim=16", "problem.obs_dim=5", "problem.horizon=3", "problem.action_dim=2",
+        "only=[lbfgs-implicit,pgd-none]", f"out_dir={tmp_path}", "tag=_only",
+    ])
+    assert rc == 0
+    data = json.loads((tmp_path / "trajopt_only.json").read_text())
+    assert {r["row"] for r in data["results"]} == {"lbfgs-implicit", "pgd-none"}
+
+
+def test_bench_trajopt_bad_settings_are_one_line(tmp_path, capsys):
+    for args, msg in [(["rows=[foo]"], "every entry of rows is"),
+                      (["only=[nope]"], "unknown rows in only: ['nope']"),
+                      (["batch_sizes=[0]"], "batch_sizes must be positive integers"),
+                      (["dtype=float16"], "dtype must be one of")]:
+        assert cli.main(["bench", "trajopt", *args, f"out_dir={tmp_path}"]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert msg in err and err.count("\n") == 0, err
+    assert not list(tmp_path.iterdir())
