@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
+from difftop.utils.device import resolve_device
 
 __all__ = ["evaluate_il_checkpoint"]
 
@@ -25,7 +26,7 @@ def evaluate_il_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
     from difftop.il.rollout import rollout
 
     run = OmegaConf.create(state["config"])
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else str(cfg.device)
+    device = resolve_device(cfg.device)
     threads = int(cfg.threads) or int(run.get("threads", 0))  # 0: the run's own setting
     if threads:
         torch.set_num_threads(threads)

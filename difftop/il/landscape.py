@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from difftop.cli import UserError
+from difftop.utils.device import resolve_device
 
 __all__ = ["main", "compute_landscape", "plot_landscape"]
 
@@ -179,7 +180,7 @@ def main(cfg: DictConfig) -> int:
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else str(cfg.device)
+    device = resolve_device(cfg.device)
     policy, state = load_policy(str(cfg.checkpoint))
     if not isinstance(policy, DiffTOPPolicy):
         raise UserError(f"{cfg.checkpoint} holds a {state['spec']['name']!r} policy; the landscape needs "

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difftop.utils.device import resolve_device
 from difftop.utils.runlog import RunLogger
 from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
 
@@ -78,8 +79,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         raise UserError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
     if not 0.0 <= float(cfg.ema_decay) < 1.0:
         raise UserError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.device = resolve_device(cfg.device)
     return cfg
 
 

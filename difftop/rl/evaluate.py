@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from difftop.utils.device import resolve_device
+
 __all__ = ["evaluate_rl_checkpoint"]
 
 
@@ -20,7 +22,7 @@ def evaluate_rl_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
     from difftop.rl.trainer import MAX_EVAL_ENVS, build, evaluate
 
     run_cfg = OmegaConf.create(state["config"])
-    run_cfg.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    run_cfg.device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
 from difftop.utils.checkpoint import save_checkpoint
+from difftop.utils.device import resolve_device
 from difftop.utils.runlog import RunLogger
 from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
 from difftop.utils.video import save_video
@@ -80,8 +81,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     mode = cfg.trajopt.get("implicit_unconverged", "memory")
     if mode not in ("memory", "exact"):
         raise UserError(f"trajopt.implicit_unconverged must be exact or memory, got {mode!r}")
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.device = resolve_device(cfg.device)
     return cfg
 
 
@@ -145,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, state = open_run(cfg, "rl",
                           ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"),
                           ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
-                           "checkpoint_every", "checkpoint_minutes"))
+                           "checkpoint_every", "checkpoint_minutes", "device"))
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
 
