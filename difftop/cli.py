@@ -166,6 +166,32 @@ def _system_exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _check_number_types(cfg: Any, config_name: str) -> None:
+    """A setting whose default is a number must stay one: ``lr=abc`` is a one-line error here, not a
+    ``float('abc')`` traceback from deep inside a run. The defaults are the command's config composed
+    without the user's overrides (keys only a non-default group brings are not checked)."""
+    from hydra import compose
+    from omegaconf import DictConfig, OmegaConf
+
+    defaults = compose(config_name=config_name)
+
+    def walk(default: Any, given: Any, path: str) -> None:
+        for key, value in default.items_ex(resolve=False) if isinstance(default, DictConfig) else ():
+            if key not in given or OmegaConf.is_missing(given, key) or key == "hydra":
+                continue
+            here = f"{path}{key}"
+            if isinstance(value, DictConfig):
+                sub = given._get_node(key)
+                if isinstance(sub, DictConfig):
+                    walk(value, sub, here + ".")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                got = given._get_node(key)._value()
+                if isinstance(got, str):
+                    raise UserError(f"{here} must be a number, got {got!r}")
+
+    walk(defaults, cfg, "")
+
+
 def run_command(cmd: tuple[str, ...], args: Sequence[str]) -> int:
     """Run the registered command ``cmd`` as a Hydra app with the arguments ``args``."""
     import hydra
@@ -177,6 +203,7 @@ def run_command(cmd: tuple[str, ...], args: Sequence[str]) -> int:
     def task(cfg: Any) -> Any:
         fn = _load_target(target)
         try:
+            _check_number_types(cfg, config_name)
             rc = fn(cfg)
         except UserError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -301,3 +301,14 @@ def test_positional_words_before_flags_only(fake_pos):
     assert cli.main(["fake", "pos", "a", "--multirun", "x=1,2", "rc=0"]) == 0
     assert cli.main(["fake", "pos", "b", "x=5", "-m"]) == 0
     assert [c["cfg"]["paths"] for c in calls()] == [["a"], ["a"], ["b"]]
+
+
+def test_a_number_setting_given_text_is_one_line(fake, capsys):
+    _, calls = fake
+    assert cli.main(["fake", "run", "nested.lr=abc"]) == 2
+    assert capsys.readouterr().err.strip() == "error: nested.lr must be a number, got 'abc'"
+    assert cli.main(["fake", "run", "x=oops"]) == 2
+    assert "x must be a number, got 'oops'" in capsys.readouterr().err
+    assert calls() == []  # the command never ran
+    assert cli.main(["fake", "run", "nested.lr=2", "x=3.5", "name=7"]) == 0  # numbers, and text -> a number
+    assert calls()[0]["cfg"]["nested"]["lr"] == 2 and calls()[0]["cfg"]["name"] == 7

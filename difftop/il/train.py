@@ -73,6 +73,12 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     for key in (*positive, "steps", "val_every", "eval_every", "eval_episodes", "val_batches", "lr_warmup"):
         if not isinstance(cfg[key], int) or cfg[key] < (1 if key in positive else 0):
             raise UserError(f"{key} must be an integer >= {1 if key in positive else 0}, got {cfg[key]!r}")
+    for key in ("lr", "weight_decay", "ema_decay", "val_ratio"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)):
+            raise UserError(f"{key} must be a number, got {cfg[key]!r}")
+    if not cfg.lr > 0 or cfg.weight_decay < 0:
+        raise UserError(f"need lr > 0 and weight_decay >= 0, got lr={cfg.lr}, "
+                        f"weight_decay={cfg.weight_decay}")
     if not 0.0 <= float(cfg.val_ratio) < 1.0:
         raise UserError(f"val_ratio must be in [0, 1), got {cfg.val_ratio}")
     if cfg.lr_schedule not in ("constant", "cosine"):

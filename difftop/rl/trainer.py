@@ -63,6 +63,11 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     for key in ("steps", "eval_episodes", "episode_length", "action_repeat", "horizon", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < (0 if key == "steps" else 1):
             raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("lr", "pg_lr"):
+        value = cfg.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and (not number or value <= 0):
+            raise UserError(f"{key} must be a positive number, got {value!r}")
     if cfg.episode_length % cfg.action_repeat:
         raise UserError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat "
                         f"{cfg.action_repeat}")

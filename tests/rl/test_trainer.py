@@ -104,6 +104,10 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "qs_horizon must be null" in capsys.readouterr().err
     assert _run(tmp_path / "a", "trajopt.implicit_unconverged=foo") == 2
     assert "trajopt.implicit_unconverged must be exact or memory" in capsys.readouterr().err
+    assert _run(tmp_path / "a", "lr=abc") == 2
+    assert "lr must be a positive number, got 'abc'" in capsys.readouterr().err
+    assert _run(tmp_path / "a", "trajopt.tol=abc") == 2
+    assert "trajopt.tol must be a number, got 'abc'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "agent=difftop", "trajopt.solver=foo") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: agent difftop: unknown trajopt solver 'foo'") and len(err.splitlines()) == 1
