@@ -15,6 +15,9 @@ for src in runs/cpu runs/il; do
     esac
     mkdir -p "$dst"
     cp "$d"/config.yaml "$d"/train.csv "$d"/eval.csv "$dst"/ 2>/dev/null || true
+    if [ -f "$d/final20/eval.json" ]; then  # RL: the 20-episode evaluation of the final checkpoint
+      mkdir -p "$dst/final20" && cp "$d/final20/eval.json" "$dst/final20/"
+    fi
   done
 done
 if [ -d results/rl/cpu ]; then

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # The CPU comparison (issue 4): TD-MPC vs DiffTOP vs DiffTOP w/o backward, from states, 100k env
 # steps, preset=cpu (mlp_dim 256, batch 256, 5 eval episodes; shared by all agents). Every run is
-# resumable: re-running this script continues each run from its last checkpoint.
+# resumable: re-running this script continues each run from its last checkpoint. A finished run then
+# gets a final evaluation of its last checkpoint on 20 other episodes (`difftop eval`, seeds
+# 20000..20019, into <run>/final20/eval.json): the 5-episode evals during training swing by +-200 on
+# reacher-easy, where an episode either reaches the target (~1000) or not (~0).
 #   bash results/rl/run_cpu.sh "cartpole-swingup" "tdmpc difftop" "1"      # tasks, agents, seeds
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASKS=${1:-"cartpole-swingup reacher-easy finger-spin"}
 AGENTS=${2:-"tdmpc difftop difftop_noback"}
 SEEDS=${3:-"1 2 3"}
+STEPS=100000
 export MUJOCO_GL=egl
 for seed in $SEEDS; do for task in $TASKS; do for agent in $AGENTS; do
-  .venv/bin/difftop rl preset=cpu task="$task" agent="$agent" seed="$seed" steps=100000 \
-    eval_every=10000 threads=1 progress=false resume=true \
-    out_dir="runs/cpu/$task/$agent/seed$seed"
+  out="runs/cpu/$task/$agent/seed$seed"
+  .venv/bin/difftop rl preset=cpu task="$task" agent="$agent" seed="$seed" steps=$STEPS \
+    eval_every=10000 threads=1 progress=false resume=true out_dir="$out"
+  if [ "$(tail -n 1 "$out/eval.csv" | cut -d, -f1)" = "$STEPS" ] && [ ! -f "$out/final20/eval.json" ]; then
+    .venv/bin/difftop eval checkpoint="$out" episodes=20 seed=20000 video=false threads=1 device=cpu \
+      out_dir="$out/final20"
+  fi
 done; done; done
