@@ -177,7 +177,8 @@ def _check_number_types(cfg: Any, config_name: str) -> None:
 
     def walk(default: Any, given: Any, path: str) -> None:
         for key, value in default.items_ex(resolve=False) if isinstance(default, DictConfig) else ():
-            if key not in given or OmegaConf.is_missing(given, key) or key == "hydra":
+            if key not in given or key == "hydra" or OmegaConf.is_missing(given, key) \
+                    or OmegaConf.is_interpolation(given, key):
                 continue
             here = f"{path}{key}"
             if isinstance(value, DictConfig):
