@@ -307,7 +307,11 @@ def draw(
     tasks = _task_order(k[0] for k in groups)
     agents = sorted({k[1] for k in groups})
     obs_kinds = sorted({k[2] for k in groups})
-    colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(agents)}
+    # The same agent keeps its colour in every figure: the known agents have fixed ones.
+    fixed = {"difftop": 0, "difftop_noback": 1, "tdmpc": 2}
+    others = [a for a in agents if a not in fixed]
+    index = {a: fixed[a] if a in fixed else (3 + others.index(a)) % 10 for a in agents}
+    colours = {a: plt.get_cmap("tab10")(i) for a, i in index.items()}
     styles = {o: s for o, s in zip(obs_kinds, ["-", ":", "-.", (0, (5, 1))] * 8)}
     greys = {r: str(0.15 + 0.5 * i / max(1, len(references) - 1)) for i, r in enumerate(references)}
     ncols = min(len(tasks), 4)
