@@ -181,12 +181,11 @@ def _check_number_types(cfg: Any, config_name: str) -> None:
                     or OmegaConf.is_interpolation(given, key):
                 continue
             here = f"{path}{key}"
+            got = given[key]  # no interpolation here: plain access returns the value as given
             if isinstance(value, DictConfig):
-                sub = given._get_node(key)
-                if isinstance(sub, DictConfig):
-                    walk(value, sub, here + ".")
+                if isinstance(got, DictConfig):
+                    walk(value, got, here + ".")
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                got = given._get_node(key)._value()
                 if isinstance(got, str):
                     raise UserError(f"{here} must be a number, got {got!r}")
 

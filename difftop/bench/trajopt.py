@@ -115,6 +115,10 @@ def _check(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> int:
     _check(cfg)
     only = set(cfg.get("only") or [])
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
+
     torch.set_num_threads(int(cfg.threads))
     dtype = DTYPES[cfg.dtype]
     pc = cfg.problem
@@ -126,8 +130,8 @@ def main(cfg: DictConfig) -> int:
                              batch_rewards=bool(pc.get("batch_rewards", False)))
         w = torch.randn(int(B), pc.action_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
         todo = [(r.name, r.solver, r.backward, dict(r.get("options", {}))) for r in cfg.rows
-                if int(B) in r.batches and (not only or r.name in only)]
-        if cfg.theseus.enabled and int(B) in cfg.theseus.batches and (not only or "theseus-official" in only):
+                if int(B) in r.batches and wanted(r.name)]
+        if cfg.theseus.enabled and int(B) in cfg.theseus.batches and wanted("theseus-official"):
             opts = {"max_iters": cfg.theseus.max_iters, "step_size": cfg.theseus.step_size,
                     "damping": cfg.theseus.damping, "backward_iters": cfg.theseus.backward_iters}
             todo.append(("theseus-official", "theseus", "truncated", opts))
@@ -140,7 +144,7 @@ def main(cfg: DictConfig) -> int:
                 continue
             fns[name] = _solve_fn(P, layer, backward != "none", w)
             meta[name] = (solver, backward, " ".join(f"{k}={v}" for k, v in opts.items()))
-        if cfg.mppi.enabled and int(B) == 1 and (not only or "mppi-tdmpc" in only):
+        if cfg.mppi.enabled and int(B) == 1 and wanted("mppi-tdmpc"):
             fns["mppi-tdmpc"] = _mppi_fn(cfg, P)
             m = cfg.mppi
             meta["mppi-tdmpc"] = ("mppi", "none", f"iterations={m.iterations} num_samples={m.num_samples} "

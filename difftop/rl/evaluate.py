@@ -19,14 +19,14 @@ __all__ = ["evaluate_rl_checkpoint"]
 
 
 def evaluate_rl_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
-    from difftop.rl.trainer import MAX_EVAL_ENVS, build, evaluate
+    from difftop.rl.trainer import build, evaluate
 
     run_cfg = OmegaConf.create(state["config"])
     run_cfg.device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    _, envs, agent = build(run_cfg, eval_envs=min(int(cfg.episodes), MAX_EVAL_ENVS))
+    _, envs, agent = build(run_cfg, eval_episodes=cfg.episodes)
     agent.load_state_dict(state["agent"], weights_only=True)
     out = Path(cfg.out_dir) if cfg.out_dir else path.parent / "eval"
     step = int(state["agent_step"])

@@ -90,8 +90,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def build(cfg: DictConfig, *, eval_seed_offset: int = 0, eval_envs: int = 1):
-    """(train env, eval envs (a list of ``eval_envs``), agent) for a resolved config."""
+def build(cfg: DictConfig, *, eval_seed_offset: int = 0, eval_episodes: int = 1):
+    """(train env, eval envs, agent) for a resolved config: one eval env per episode evaluated in
+    lockstep, at most ``MAX_EVAL_ENVS``."""
     from difftop.envs import make_env
     from difftop.rl.difftop_agent import make_agent
 
@@ -99,7 +100,7 @@ def build(cfg: DictConfig, *, eval_seed_offset: int = 0, eval_envs: int = 1):
               episode_length=cfg.episode_length, render_size=cfg.render_size)
     env = make_env(cfg.task, cfg.obs, seed=cfg.seed, **kw)
     evals = [make_env(cfg.task, cfg.obs, seed=cfg.seed + eval_seed_offset + i, **kw)
-             for i in range(max(1, int(eval_envs)))]
+             for i in range(min(max(1, int(eval_episodes)), MAX_EVAL_ENVS))]
     try:
         agent = make_agent(cfg, env.observation_space.shape, env.action_space.shape[0], cfg.device)
     except ValueError as e:  # a setting the agent or its trajopt layer rejects, e.g. trajopt.solver=foo
@@ -160,7 +161,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    env, eval_envs, agent = build(cfg, eval_envs=min(int(cfg.eval_episodes), MAX_EVAL_ENVS))
+    env, eval_envs, agent = build(cfg, eval_episodes=cfg.eval_episodes)
     from difftop.rl.replay import ReplayBuffer
 
     ar = cfg.action_repeat

@@ -25,7 +25,7 @@ def main() -> int:
     cfg.device = "cpu"
     if len(sys.argv) > 2:
         cfg.trajopt.max_iters = int(sys.argv[2])
-    _, envs, agent = build(cfg, eval_envs=5)
+    _, envs, agent = build(cfg, eval_episodes=5)
     agent.load_state_dict(state["agent"], weights_only=True)
     step = int(state["agent_step"])
     for n in (5, 1):

@@ -153,7 +153,7 @@ def test_lockstep_evaluation_equals_one_episode_at_a_time(tiny_cfg):
 
     cfg = tiny_cfg(agent="difftop_noback", task="cartpole-swingup", episode_length=80, action_repeat=8,
                    device="cpu")
-    _, envs, agent = build(cfg, eval_envs=3)
+    _, envs, agent = build(cfg, eval_episodes=3)
     assert len(envs) == 3
     together, _ = evaluate(agent, envs, 5, step=10**6, seed_base=7)  # groups of 3 and 2
     alone, _ = evaluate(agent, envs[0], 5, step=10**6, seed_base=7)
