@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from difftop.cli import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint
+from difftop.utils.checks import require_int
 
 EVALUATORS: dict[str, str] = {
     "rl": "difftop.rl.evaluate:evaluate_rl_checkpoint",
@@ -21,9 +22,7 @@ EVALUATORS: dict[str, str] = {
 
 
 def main(cfg: DictConfig) -> int:
-    episodes = cfg.get("episodes")
-    if episodes is not None and (not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1):
-        raise UserError(f"episodes must be a positive integer, got {episodes!r}")
+    require_int("episodes", cfg.get("episodes"), 1, optional=True)
     path = Path(str(cfg.checkpoint))
     if path.is_dir():
         path = path / "checkpoint.pt"

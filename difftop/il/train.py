@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
 from difftop.utils.runlog import RunLogger
 from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
@@ -69,22 +70,16 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     elif cfg.init is not None:
         raise UserError(f"init= is a difftop option; policy {cfg.policy!r} does not take it")
     cfg.policy_params = params
-    positive = ("batch_size", "log_every", "max_steps", "eval_batch")
-    for key in (*positive, "steps", "val_every", "eval_every", "eval_episodes", "val_batches", "lr_warmup"):
-        if not isinstance(cfg[key], int) or cfg[key] < (1 if key in positive else 0):
-            raise UserError(f"{key} must be an integer >= {1 if key in positive else 0}, got {cfg[key]!r}")
-    for key in ("lr", "weight_decay", "ema_decay", "val_ratio"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)):
-            raise UserError(f"{key} must be a number, got {cfg[key]!r}")
-    if not cfg.lr > 0 or cfg.weight_decay < 0:
-        raise UserError(f"need lr > 0 and weight_decay >= 0, got lr={cfg.lr}, "
-                        f"weight_decay={cfg.weight_decay}")
-    if not 0.0 <= float(cfg.val_ratio) < 1.0:
-        raise UserError(f"val_ratio must be in [0, 1), got {cfg.val_ratio}")
+    for key in ("batch_size", "log_every", "max_steps", "eval_batch"):
+        require_int(key, cfg[key], 1)
+    for key in ("steps", "val_every", "eval_every", "eval_episodes", "val_batches", "lr_warmup"):
+        require_int(key, cfg[key], 0)
+    require_number("lr", cfg.lr, 0, low_open=True)
+    require_number("weight_decay", cfg.weight_decay, 0)
+    require_number("val_ratio", cfg.val_ratio, 0, 1)
+    require_number("ema_decay", cfg.ema_decay, 0, 1)
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
-    if not 0.0 <= float(cfg.ema_decay) < 1.0:
-        raise UserError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     cfg.device = resolve_device(cfg.device)
     return cfg
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
 from difftop.utils.checkpoint import save_checkpoint
+from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
 from difftop.utils.runlog import RunLogger
 from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
@@ -60,29 +61,22 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         cfg.batch_size = 256 if pixels else 512
     if cfg.agent == "difftop_noback":
         cfg.pg_mode = "none"
-    for key in ("steps", "eval_episodes", "episode_length", "action_repeat", "horizon", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < (0 if key == "steps" else 1):
-            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    require_int("steps", cfg.steps, 0)
+    for key in ("eval_episodes", "episode_length", "action_repeat", "horizon", "batch_size", "eval_every"):
+        require_int(key, cfg[key], 1)
     for key in ("lr", "pg_lr"):
-        value = cfg.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and (not number or value <= 0):
-            raise UserError(f"{key} must be a positive number, got {value!r}")
+        require_number(key, cfg.get(key), 0, low_open=True, optional=True)
+    require_int("qs_horizon", cfg.get("qs_horizon"), 1, optional=True)
     if cfg.episode_length % cfg.action_repeat:
         raise UserError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat "
                         f"{cfg.action_repeat}")
     L = cfg.episode_length // cfg.action_repeat
     if cfg.horizon >= L:
         raise UserError(f"horizon {cfg.horizon} must be shorter than an episode ({L} agent steps)")
-    if cfg.eval_every is None or cfg.eval_every <= 0:
-        raise UserError(f"eval_every must be a positive number of environment steps, got {cfg.eval_every}")
     if cfg.pg_mode not in ("online", "batched", "none"):
         raise UserError(f"pg_mode must be online, batched or none, got {cfg.pg_mode!r}")
     if cfg.init not in ("pi", "zero"):
         raise UserError(f"init must be pi or zero, got {cfg.init!r}")
-    qs_h = cfg.get("qs_horizon")
-    if qs_h is not None and (not isinstance(qs_h, int) or isinstance(qs_h, bool) or qs_h < 1):
-        raise UserError(f"qs_horizon must be null (all steps) or a positive integer, got {qs_h!r}")
     mode = cfg.trajopt.get("implicit_unconverged", "memory")
     if mode not in ("memory", "exact"):
         raise UserError(f"trajopt.implicit_unconverged must be exact or memory, got {mode!r}")

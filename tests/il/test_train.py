@@ -186,9 +186,9 @@ def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
     assert main(["il-landscape", f"checkpoint={bc_run}", f"out={tmp_path / 'x.png'}"]) == 2
     assert "needs difftop" in capsys.readouterr().err
     assert _il(data, tmp_path / "g", "bc", "lr=abc") == 2  # lr: null in il.yaml (the policy's own)
-    assert capsys.readouterr().err.strip() == "error: lr must be a number, got 'abc'"
+    assert capsys.readouterr().err.strip() == "error: lr must be a number > 0, got 'abc'"
     assert _il(data, tmp_path / "g", "bc", "lr=0") == 2
-    assert "need lr > 0" in capsys.readouterr().err
+    assert "lr must be a number > 0, got 0" in capsys.readouterr().err
 
 
 def test_cpu_preset_shrinks_every_policy_and_overrides_win(capsys):

@@ -85,7 +85,7 @@ def test_eval_command_and_its_errors(tmp_path, capsys):
     assert "return" in text and "+-" in text and "over 2 episodes" in text
     assert (out / "eval" / "eval.json").exists() and list((out / "eval").glob("*.mp4"))
     assert main(["eval", f"checkpoint={out / 'checkpoint.pt'}", "episodes=0"]) == 2
-    assert "episodes must be a positive integer, got 0" in capsys.readouterr().err
+    assert "episodes must be an integer >= 1 (or null), got 0" in capsys.readouterr().err
     assert main(["eval", f"checkpoint={tmp_path / 'nope.pt'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
@@ -101,11 +101,11 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert _run(tmp_path / "a", "agent=sac") == 2
     assert "tdmpc, difftop, difftop_noback" in capsys.readouterr().err
     assert _run(tmp_path / "a", "qs_horizon=0") == 2
-    assert "qs_horizon must be null" in capsys.readouterr().err
+    assert "qs_horizon must be an integer >= 1 (or null), got 0" in capsys.readouterr().err
     assert _run(tmp_path / "a", "trajopt.implicit_unconverged=foo") == 2
     assert "trajopt.implicit_unconverged must be exact or memory" in capsys.readouterr().err
     assert _run(tmp_path / "a", "lr=abc") == 2
-    assert "lr must be a positive number, got 'abc'" in capsys.readouterr().err
+    assert "lr must be a number > 0 (or null), got 'abc'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "trajopt.tol=abc") == 2
     assert "trajopt.tol must be a number, got 'abc'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "agent=difftop", "trajopt.solver=foo") == 2
@@ -153,10 +153,11 @@ def test_lockstep_evaluation_equals_one_episode_at_a_time(tiny_cfg):
 
     cfg = tiny_cfg(agent="difftop_noback", task="cartpole-swingup", episode_length=80, action_repeat=8,
                    device="cpu")
+    torch.manual_seed(0)  # the agent's weights, whatever tests ran before (pairs of returns must differ)
     _, envs, agent = build(cfg, eval_episodes=3)
     assert len(envs) == 3
     together, _ = evaluate(agent, envs, 5, step=10**6, seed_base=7)  # groups of 3 and 2
     alone, _ = evaluate(agent, envs[0], 5, step=10**6, seed_base=7)
     # returns ~1e-3..1e-2 that differ by >= 1e-3 between episodes; batched float arithmetic ~1e-8
     assert len(together) == 5 and together == pytest.approx(alone, rel=1e-4, abs=1e-6)
-    assert min(abs(x - y) for i, x in enumerate(alone) for y in alone[:i]) > 1e-4  # episodes differ
+    assert min(abs(x - y) for i, x in enumerate(alone) for y in alone[:i]) > 1e-4  # episodes differ (7e-3)
