@@ -28,11 +28,13 @@ case ${1:-} in
       rl "cartpole-swingup reacher-easy finger-spin" "tdmpc difftop difftop_noback" "$seed"
     done ;;
   il)
-    # every row of Tables 1 and 3 for seed 1, IBC for seed 0, then seed 2, then IBC for seeds 1-2
+    # every row of Tables 1 and 3 for seed 1 (IBC's first seed before the rest of the Diffusion rows:
+    # no IBC row exists yet), then seed 2, then IBC for seeds 1-2
     il "$BASES" 1
     il difftop_nocvae_diffusion 0
-    il "$DIFFUSION" 1
+    il diffusion 1
     il "ibc ibc_diffusion" 0
+    il "$DIFFUSION" 1
     il "$BASES" 2
     il "$DIFFUSION" 2
     il "ibc ibc_diffusion" "1 2" ;;
