@@ -25,24 +25,17 @@ import argparse
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from refinement import run_windows  # this folder's script (sys.path[0] when run as a script)
 from torch import nn
 
-from difftop.data import SequenceDataset, load_dataset
 from difftop.il.policies.bc import recent_obs
-from difftop.il.train import load_policy
 
 
 def windows(run: str, n_train: int, n_val: int, seed: int):
     """(train, val, prox): (state features (N, F), base chunk a0 (N, H*m), demo chunk a* (N, H*m)) each."""
-    policy, state = load_policy(f"{run}/checkpoint.pt")
-    policy.eval()
-    cfg = OmegaConf.create(state["config"])
+    policy, _, train, val, _ = run_windows(run)
     meta = policy.shape_meta
     keys = list(meta.obs)
-    full = SequenceDataset(load_dataset(cfg.data), keys, "action", horizon=meta.horizon,
-                           obs_horizon=meta.obs_horizon, n_action_steps=meta.n_action_steps)
-    train, val = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
     rng = np.random.default_rng(seed)
     out = []
     for ds, n in ((train, n_train), (val, n_val)):

@@ -21,16 +21,22 @@ from difftop.data import SequenceDataset, load_dataset
 from difftop.il.train import load_policy
 
 
-@torch.no_grad()
-def refinement(run: str, max_windows: int = 2048) -> dict[str, float]:
+def run_windows(run: str):
+    """(policy in eval mode, the run's config, its training windows, its validation windows, all windows)."""
     policy, state = load_policy(f"{run}/checkpoint.pt")
     policy.eval()
     cfg = OmegaConf.create(state["config"])
     meta = policy.shape_meta
-    keys = list(meta.obs)
-    full = SequenceDataset(load_dataset(cfg.data), keys, "action", horizon=meta.horizon,
+    full = SequenceDataset(load_dataset(cfg.data), list(meta.obs), "action", horizon=meta.horizon,
                            obs_horizon=meta.obs_horizon, n_action_steps=meta.n_action_steps)
-    _, val = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
+    train, val = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
+    return policy, cfg, train, val, full
+
+
+@torch.no_grad()
+def refinement(run: str, max_windows: int = 2048) -> dict[str, float]:
+    policy, cfg, _, val, full = run_windows(run)
+    meta = policy.shape_meta
     ds = val if len(val) else full
     idx = np.linspace(0, len(ds) - 1, min(len(ds), max_windows)).astype(int)
     batch = ds.get_batch(idx)
