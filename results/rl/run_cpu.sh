@@ -6,6 +6,8 @@
 # 20000..20019, into <run>/final20/eval.json): the 5-episode evals during training swing by +-200 on
 # reacher-easy, where an episode either reaches the target (~1000) or not (~0).
 #   bash results/rl/run_cpu.sh "cartpole-swingup" "tdmpc difftop" "1"      # tasks, agents, seeds
+# A variant (a probe, kept out of runs/cpu): ROOT=runs/cpu-probes NAME=difftop_explore0.15
+#   OVERRIDES="explore_std=0.15" bash results/rl/run_cpu.sh reacher-easy difftop 1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASKS=${1:-"cartpole-swingup reacher-easy finger-spin"}
@@ -14,9 +16,10 @@ SEEDS=${3:-"1 2 3"}
 STEPS=100000
 export MUJOCO_GL=egl
 for seed in $SEEDS; do for task in $TASKS; do for agent in $AGENTS; do
-  out="runs/cpu/$task/$agent/seed$seed"
+  out="${ROOT:-runs/cpu}/$task/${NAME:-$agent}/seed$seed"
+  # shellcheck disable=SC2086  # OVERRIDES: space-separated key=value words
   .venv/bin/difftop rl preset=cpu task="$task" agent="$agent" seed="$seed" steps=$STEPS \
-    eval_every=10000 threads=1 progress=false resume=true out_dir="$out"
+    eval_every=10000 threads=1 progress=false resume=true ${OVERRIDES:-} out_dir="$out"
   if [ "$(tail -n 1 "$out/eval.csv" | cut -d, -f1)" = "$STEPS" ] && [ ! -f "$out/final20/eval.json" ]; then
     .venv/bin/difftop eval checkpoint="$out" episodes=20 seed=20000 video=false threads=1 device=cpu \
       out_dir="$out/final20"

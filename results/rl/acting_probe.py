@@ -1,0 +1,85 @@
+"""Is a run's failure the learned model or the way it acts? (a diagnostic)
+
+Evaluates the final checkpoint of trained RL runs on the same episodes (env seeds ``--seed`` ...)
+acting three ways on the *same* learned TOLD model:
+
+- ``solve``: DiffTOP's trajectory optimisation (paper eq. 4) from pi's rollout (a TD-MPC run gets
+  DiffTOP's acting with rl.yaml's current trajopt settings; its Q_s critic is not needed to act);
+- ``mppi``: TD-MPC's MPPI planner (6 iterations, 512 samples; evaluation mode, seeded as `difftop eval`);
+- ``pi``: the policy prior alone, a = pi(h(s)).
+
+Why: on reacher-easy an episode either reaches the target (return ~1000) or never does (0). A
+DiffTOP run that fails episodes its TD-MPC twin solves may have learned a worse model, or may act
+worse on a good one (a gradient-based solve from pi's warm start can stop in a local optimum that
+MPPI's sampling escapes). Swapping the acting method on one model separates the two.
+
+    .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/{difftop,tdmpc}/seed1 --episodes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from difftop.rl.tdmpc import TDMPCAgent
+from difftop.rl.trainer import build, evaluate
+
+
+class _Acting:
+    """``act_batch`` of one acting method over an agent's model (what ``trainer.evaluate`` calls)."""
+
+    def __init__(self, agent, mode: str):
+        self.agent, self.mode = agent, mode
+
+    def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:
+        a = self.agent
+        if self.mode == "mppi":
+            return TDMPCAgent.act_batch(a, obs, step=step, t0=t0)
+        if self.mode == "pi":
+            with torch.no_grad():
+                return a._finite(a.model.pi(a.model.h(torch.as_tensor(np.asarray(obs), device=a.device))))
+        return a.act_batch(obs, step=step, t0=t0)  # solve: a DiffTOP agent's own acting
+
+
+def agent_for(run: str, mode: str):
+    """(agent holding the run's trained model, agent step, run config) able to act by ``mode``."""
+    state = torch.load(Path(run) / "checkpoint.pt", weights_only=False, map_location="cpu")
+    cfg = OmegaConf.create(state["config"])
+    cfg.device = "cpu"
+    if mode == "solve" and cfg.agent == "tdmpc":  # DiffTOP's acting on TD-MPC's model
+        current = OmegaConf.load(Path(__file__).resolve().parents[2] / "difftop/configs/rl.yaml")
+        cfg.agent, cfg.trajopt = "difftop", current.trajopt
+    return cfg, int(state["agent_step"]), state
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="finished state-based RL run directories")
+    ap.add_argument("--modes", nargs="+", default=["solve", "mppi", "pi"], choices=["solve", "mppi", "pi"])
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=20000, help="env seed of the first episode (final20's)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"| run | acting | mean +- std | episodes at 0 | returns (env seeds {args.seed}..) | s |")
+    print("|---|---|---|---|---|---|")
+    for run in args.runs:
+        for mode in args.modes:
+            cfg, step, state = agent_for(run, mode)
+            torch.manual_seed(args.seed)
+            _, envs, agent = build(cfg, eval_episodes=args.episodes)
+            agent.model.load_state_dict(state["agent"]["modules"]["model"])
+            t0 = time.perf_counter()
+            returns, _ = evaluate(_Acting(agent, mode), envs, args.episodes, step, args.seed)
+            r = np.array(returns)
+            print(f"| {run} | {mode} | {r.mean():.1f} +- {r.std():.1f} | {int((r < 1).sum())} | "
+                  f"{' '.join(f'{x:.0f}' for x in r)} | {time.perf_counter() - t0:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
