@@ -74,6 +74,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         require_int(key, cfg[key], 1)
     for key in ("steps", "val_every", "eval_every", "eval_episodes", "val_batches", "lr_warmup"):
         require_int(key, cfg[key], 0)
+    require_int("checkpoint_every", cfg.get("checkpoint_every"), 1, optional=True)
     require_number("lr", cfg.lr, 0, low_open=True)
     require_number("weight_decay", cfg.weight_decay, 0)
     require_number("val_ratio", cfg.val_ratio, 0, 1)

@@ -189,6 +189,8 @@ def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: lr must be a number > 0, got 'abc'"
     assert _il(data, tmp_path / "g", "bc", "lr=0") == 2
     assert "lr must be a number > 0, got 0" in capsys.readouterr().err
+    assert _il(data, tmp_path / "g", "bc", "checkpoint_every=0") == 2
+    assert "checkpoint_every must be an integer >= 1 (or null), got 0" in capsys.readouterr().err
 
 
 def test_cpu_preset_shrinks_every_policy_and_overrides_win(capsys):
