@@ -68,7 +68,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         require_number(key, cfg.get(key), 0, low_open=True, optional=True)
     require_int("qs_horizon", cfg.get("qs_horizon"), 1, optional=True)
     require_int("checkpoint_every", cfg.get("checkpoint_every"), 1, optional=True)
-    require_number("checkpoint_minutes", cfg.get("checkpoint_minutes"), 0, low_open=True)
+    require_number("checkpoint_minutes", cfg.get("checkpoint_minutes"), 0)  # 0: at every chance
     if cfg.episode_length % cfg.action_repeat:
         raise UserError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat "
                         f"{cfg.action_repeat}")
