@@ -166,6 +166,11 @@ def _system_exit_code(exc: SystemExit) -> int:
     return 1
 
 
+#: settings whose default is a number but which also take a schedule string (``linear(a, b, steps)``);
+#: the command itself checks them
+SCHEDULES = frozenset({"explore_std"})
+
+
 def _check_number_types(cfg: Any, config_name: str) -> None:
     """A setting whose default is a number must stay one: ``lr=abc`` is a one-line error here, not a
     ``float('abc')`` traceback from deep inside a run. The defaults are the command's config composed
@@ -186,7 +191,7 @@ def _check_number_types(cfg: Any, config_name: str) -> None:
                 if isinstance(got, DictConfig):
                     walk(value, got, here + ".")
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                if isinstance(got, str):
+                if isinstance(got, str) and here not in SCHEDULES:
                     raise UserError(f"{here} must be a number, got {got!r}")
 
     walk(defaults, cfg, "")

@@ -35,6 +35,7 @@ from torch import nn
 
 from difftop.nn.critic import ObsCritic
 from difftop.rl.replay import Batch
+from difftop.rl.schedules import linear_schedule
 from difftop.rl.tdmpc import Prepared, TDMPCAgent, _clip_and_check, ema_
 from difftop.trajopt import TrajOpt, latent_objective, smooth_min
 
@@ -119,8 +120,9 @@ class DiffTOPAgent(TDMPCAgent):
         else:
             with torch.no_grad():
                 a = self.solve(self.model.h(obs_t), step, explore=True)[0, 0]
-        if self.cfg.explore_std > 0:
-            a = a + self.cfg.explore_std * torch.randn_like(a)
+        std = linear_schedule(self.cfg.explore_std, step)
+        if std > 0:
+            a = a + std * torch.randn_like(a)
         return self._finite(a)
 
     def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.cli import UserError
+from difftop.rl.schedules import linear_schedule
 from difftop.utils.checkpoint import save_checkpoint
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
@@ -77,6 +78,12 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         raise UserError(f"horizon {cfg.horizon} must be shorter than an episode ({L} agent steps)")
     if cfg.pg_mode not in ("online", "batched", "none"):
         raise UserError(f"pg_mode must be online, batched or none, got {cfg.pg_mode!r}")
+    for key in ("explore_std", "std_schedule", "horizon_schedule"):
+        try:
+            linear_schedule(cfg[key], 0)
+        except NotImplementedError:
+            raise UserError(f"{key} must be a number or linear(init, final, steps), "
+                            f"got {cfg[key]!r}") from None
     if cfg.init not in ("pi", "zero"):
         raise UserError(f"init must be pi or zero, got {cfg.init!r}")
     mode = cfg.trajopt.get("implicit_unconverged", "memory")

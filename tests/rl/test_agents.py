@@ -170,6 +170,24 @@ def test_noback_acts_by_trajopt_without_pg(tiny_cfg):
     assert _changed(before, agent.model) == set()
 
 
+def test_explore_std_follows_its_schedule(tiny_cfg):
+    """explore_std: a number or a TD-MPC schedule; the noise on the executed action has that std."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(agent="difftop_noback", min_std=0.0, seed_steps=0, explore_std="linear(0.4, 0.0, 1000)",
+                   trajopt={"max_iters": 5})
+    agent = DiffTOPAgent(cfg, (OBS,), M)  # zero reward / Q heads: the solve returns pi's action
+    obs = np.zeros(OBS, np.float32)
+    clean = agent.act_batch(obs[None], step=0, t0=True)[0]  # no exploration noise (evaluation)
+    assert np.abs(clean).max() < 0.5  # far from the box's bounds, so the clip below does not bite
+
+    def noise_std(step):
+        return np.std([agent.act(obs, step=step, t0=True) - clean for _ in range(60)])  # 120 draws
+
+    assert noise_std(0) == pytest.approx(0.4, rel=0.25)  # ~4 standard errors
+    assert noise_std(500) == pytest.approx(0.2, rel=0.25)
+    assert noise_std(1000) < 1e-6  # the schedule's end: the solve's own action
+
+
 def test_zero_init_and_value_s_loss(tiny_cfg):
     torch.manual_seed(0)
     agent = DiffTOPAgent(tiny_cfg(agent="difftop", init="zero"), (OBS,), M)

@@ -108,6 +108,9 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "checkpoint_every must be an integer >= 1 (or null), got -5" in capsys.readouterr().err
     assert _run(tmp_path / "a", "checkpoint_minutes=-1") == 2
     assert "checkpoint_minutes must be a number >= 0, got -1" in capsys.readouterr().err
+    assert _run(tmp_path / "a", "explore_std=fast") == 2
+    assert "explore_std must be a number or linear(init, final, steps), got 'fast'" in \
+        capsys.readouterr().err
     assert _run(tmp_path / "a", "lr=abc") == 2
     assert "lr must be a number > 0 (or null), got 'abc'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "trajopt.tol=abc") == 2
