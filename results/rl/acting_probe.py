@@ -14,6 +14,7 @@ worse on a good one (a gradient-based solve from pi's warm start can stop in a l
 MPPI's sampling escapes). Swapping the acting method on one model separates the two.
 
     .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/{difftop,tdmpc}/seed1 --episodes 8
+    .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/difftop/seed1 --modes pi --trace 20002
 """
 
 from __future__ import annotations
@@ -57,14 +58,46 @@ def agent_for(run: str, mode: str):
     return cfg, int(state["agent_step"]), state
 
 
+def trace(run: str, mode: str, seeds: list[int], every: int = 25) -> None:
+    """Where a reacher episode goes: every ``every`` agent steps, the finger-target distance, the
+    joint angles, the action and the latent model's min Q of that action."""
+    cfg, step, state = agent_for(run, mode)
+    torch.manual_seed(seeds[0] if seeds else 0)
+    _, envs, agent = build(cfg, eval_episodes=1)
+    agent.model.load_state_dict(state["agent"]["modules"]["model"])
+    acting, env = _Acting(agent, mode), envs[0]
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        physics = env.unwrapped._env.physics
+        print(f"{run}, {mode}, env seed {seed}")
+        for t in range(cfg.episode_length // cfg.action_repeat):
+            a = acting.act_batch(obs[None], step=step, t0=t == 0)[0]
+            if t % every == 0:
+                d = physics.named.data.geom_xpos["target", :2] - physics.named.data.geom_xpos["finger", :2]
+                with torch.no_grad():
+                    z = agent.model.h(torch.as_tensor(obs[None]))
+                    q = float(torch.min(*agent.model.Q(z, torch.as_tensor(a[None]))))
+                print(f"  t={t:3d} distance {np.hypot(*d):.3f} qpos {np.round(physics.data.qpos, 2)} "
+                      f"action {np.round(a, 2)} Q {q:.1f}")
+            obs, *_ = env.step(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished state-based RL run directories")
     ap.add_argument("--modes", nargs="+", default=["solve", "mppi", "pi"], choices=["solve", "mppi", "pi"])
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=20000, help="env seed of the first episode (final20's)")
+    ap.add_argument("--trace", type=int, nargs="*", default=None,
+                    help="instead: print every 25th step of these env seeds (finger-target distance, joint "
+                         "angles, action, the latent min Q) for reacher runs")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.trace is not None:
+        for run in args.runs:
+            for mode in args.modes:
+                trace(run, mode, args.trace)
+        return 0
     print(f"| run | acting | mean +- std | episodes at 0 | returns (env seeds {args.seed}..) | s |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
