@@ -3,7 +3,8 @@
 For each run's replay buffer, over the episodes after the 5,000 random seed steps: the share of states
 with the elbow at its joint limit (|q2| > 2.7 rad; the joint's range is +-160 deg = +-2.79 rad), the
 share of those that were rewarded, the share of a 24 x 24 grid over (shoulder mod 2 pi, elbow)
-that was visited, and how the actions sit in the box (mean |a|, share at a bound |a| > 0.99).
+that was visited, how the actions sit in the box (mean |a|, share at a bound |a| > 0.99), and
+the training episodes that never reached the target (return < 50).
 
 Why: DiffTOP's reacher-easy failures fold the elbow into its limit and stay there (see
 results/rl/acting_probe.py); this says how much of each agent's data was collected there.
@@ -28,7 +29,8 @@ def stats(run: str, seed_episodes: int = 20) -> dict[str, float]:
     return {"episodes": n - seed_episodes, "at_limit": float(at_limit.mean()),
             "rewarded_at_limit": float((rew[at_limit] > 0).mean()) if at_limit.any() else float("nan"),
             "cells": float((grid > 0).mean()), "mean_abs_action": float(np.abs(act).mean()),
-            "at_bound": float((np.abs(act) > 0.99).mean())}
+            "at_bound": float((np.abs(act) > 0.99).mean()),
+            "failed_episodes": int((rew.sum(1) < 50).sum())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-episodes", type=int, default=20, help="episodes of random seed steps to skip")
     args = ap.parse_args(argv)
     print("| run | episodes | elbow at its limit | rewarded there | (q1, q2) cells visited | mean abs action "
-          "| actions at a bound |")
-    print("|---|---|---|---|---|---|---|")
+          "| actions at a bound | episodes with return < 50 |")
+    print("|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         s = stats(run, args.seed_episodes)
         print(f"| {run} | {s['episodes']} | {s['at_limit']:.3f} | {s['rewarded_at_limit']:.3f} "
-              f"| {s['cells']:.2f} | {s['mean_abs_action']:.3f} | {s['at_bound']:.3f} |")
+              f"| {s['cells']:.2f} | {s['mean_abs_action']:.3f} | {s['at_bound']:.3f} "
+              f"| {s['failed_episodes']} |")
     return 0
 
 
