@@ -12,37 +12,28 @@ over states, and for DiffTOP the same for the warm start alone.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from pg_gradient_quality import buffer_states, trained_agent  # this folder's script (sys.path[0])
 
 from difftop.rl.schedules import linear_schedule
-from difftop.rl.trainer import build
 
 
 def spread(run: str, states: int, repeats: int, seed: int) -> tuple[float, float | None]:
-    state = torch.load(Path(run) / "checkpoint.pt", weights_only=False, map_location="cpu")
-    cfg = OmegaConf.create(state["config"])
-    cfg.device = "cpu"
-    step = int(state["agent_step"])
-    _, _, agent = build(cfg, eval_episodes=1)
-    agent.load_state_dict(state["agent"], weights_only=True)
-    obs = np.load(Path(run) / "buffer.npz")["obs"]
-    obs = obs.reshape(-1, obs.shape[-1])
-    pick = np.random.default_rng(seed).choice(np.flatnonzero(np.abs(obs).sum(1) > 0), states, replace=False)
+    agent, cfg, step = trained_agent(run)
+    obs = buffer_states(run, states, seed)
     torch.manual_seed(seed)
     with torch.no_grad():
         if cfg.agent == "tdmpc":
             stds = []
-            for i in pick:
-                z = agent.model.h(torch.as_tensor(obs[i][None]))
+            for o in obs:
+                z = agent.model.h(o[None])
                 acts = torch.stack([agent.planner.plan(z, t0=True, eval_mode=False, step=step)[0]
                                     for _ in range(repeats)])
                 stds.append(float(acts.std(0).mean()))
             return float(np.mean(stds)), None
-        z = agent.model.h(torch.as_tensor(obs[pick]).repeat_interleave(repeats, 0))
+        z = agent.model.h(obs.repeat_interleave(repeats, 0))
         a = agent.solve(z, step, explore=True, record=False)[:, 0]
         a = a + linear_schedule(cfg.get("explore_std", 0.0), step) * torch.randn_like(a)
         init = agent._init_actions(z, agent.planning_horizon(step) + 1, True)[:, 0]

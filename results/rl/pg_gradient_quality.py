@@ -48,21 +48,31 @@ def pg_gradients(agent, obs: torch.Tensor, step: int, **trajopt
         agent.trajopt = base
 
 
-def load_run(run: str, states: int, seed: int):
-    """(agent, observations (states, obs_dim) from the run's replay buffer, agent step, env steps)."""
+def trained_agent(run: str):
+    """(agent with the run's final weights, on the CPU; run config; agent step) of an RL run directory."""
     state = torch.load(f"{run}/checkpoint.pt", weights_only=False, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
-    if cfg.agent != "difftop" or cfg.obs != "state":
-        raise SystemExit(f"{run}: needs a state-based difftop run, got {cfg.agent} from {cfg.obs}")
     cfg.device = "cpu"
-    _, _, agent = build(cfg)
+    _, _, agent = build(cfg, eval_episodes=1)
     agent.load_state_dict(state["agent"], weights_only=True)
+    return agent, cfg, int(state["agent_step"])
+
+
+def buffer_states(run: str, states: int, seed: int) -> torch.Tensor:
+    """``states`` observations drawn (seeded) from the stored steps of the run's replay buffer."""
     obs_all = np.load(f"{run}/buffer.npz")["obs"]
     obs_all = obs_all.reshape(-1, obs_all.shape[-1])
     stored = np.flatnonzero(np.abs(obs_all).sum(1) > 0)
     pick = np.random.default_rng(seed).choice(stored, min(states, len(stored)), replace=False)
-    step = int(state["agent_step"])
-    return agent, torch.as_tensor(obs_all[pick], dtype=torch.float32), step, step * int(cfg.action_repeat)
+    return torch.as_tensor(obs_all[pick], dtype=torch.float32)
+
+
+def load_run(run: str, states: int, seed: int):
+    """(agent, observations (states, obs_dim) from the run's replay buffer, agent step, env steps)."""
+    agent, cfg, step = trained_agent(run)
+    if cfg.agent != "difftop" or cfg.obs != "state":
+        raise SystemExit(f"{run}: needs a state-based difftop run, got {cfg.agent} from {cfg.obs}")
+    return agent, buffer_states(run, states, seed), step, step * int(cfg.action_repeat)
 
 
 def compare(g: torch.Tensor, ref: torch.Tensor) -> dict:
