@@ -53,7 +53,8 @@ def open_run(cfg, kind: str, same_keys, overridable):
     """(config to run, checkpoint state or None) for a run in ``cfg.out_dir``.
 
     A checkpoint there without ``resume=true`` is refused (never overwrite a run); with it, the
-    saved config wins except for ``overridable`` keys (how far to go, how to report), and every key
+    saved config wins except for ``overridable`` keys (how far to go, how to report) and ``out_dir``
+    (the run goes on where its checkpoint was found, also after the folder was moved), and every key
     of ``same_keys`` must agree. ``resume=true`` with no checkpoint yet starts the run, so job
     scripts can always pass it.
     """
@@ -79,6 +80,6 @@ def open_run(cfg, kind: str, same_keys, overridable):
         if saved.get(key) != cfg.get(key):
             raise UserError(f"resume: {key}={cfg.get(key)!r} differs from the checkpoint's "
                             f"{saved.get(key)!r}")
-    for key in overridable:
+    for key in (*overridable, "out_dir"):
         saved[key] = cfg[key]
     return saved, state

@@ -6,8 +6,8 @@
 # 20000..20019, into <run>/final20/eval.json): the 5-episode evals during training swing by +-200 on
 # reacher-easy, where an episode either reaches the target (~1000) or not (~0).
 #   bash results/rl/run_cpu.sh "cartpole-swingup" "tdmpc difftop" "1"      # tasks, agents, seeds
-# A variant (a probe, kept out of runs/cpu): ROOT=runs/cpu-probes NAME=difftop_explore0.15
-#   OVERRIDES="explore_std=0.15" bash results/rl/run_cpu.sh reacher-easy difftop 1
+# A variant (a probe, kept out of runs/cpu): ROOT=runs/cpu-probes NAME=difftop_explore0
+#   OVERRIDES="explore_std=0" bash results/rl/run_cpu.sh reacher-easy difftop 1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASKS=${1:-"cartpole-swingup reacher-easy finger-spin"}

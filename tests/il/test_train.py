@@ -150,7 +150,9 @@ def test_resume_continues_the_run_exactly(data, tmp_path):
     assert _il(data, part, "difftop", *extra[1:], "steps=3") == 0
     assert load_checkpoint(part / "checkpoint.pt")["step"] == 3
     assert _il(data, part, "difftop", *extra[1:], "steps=6") == 2  # an existing run needs resume=true
+    part = part.rename(tmp_path / "moved")  # a moved run goes on where it now is
     assert _il(data, part, "difftop", *extra, "resume=true") == 0
+    assert not (tmp_path / "part").exists()
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
     assert b["step"] == 6
     for k in a["policy"]:

@@ -63,17 +63,19 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     args = ["agent=difftop", "pg_mode=online", "eval_every=200", "video=false"]
     assert _run(tmp_path / "full", "steps=600", *args) == 0
     assert _run(tmp_path / "cut", "steps=400", *args) == 0
-    assert _run(tmp_path / "cut", "steps=600", "resume=true", *args) == 0
+    (tmp_path / "cut").rename(tmp_path / "moved")  # a moved run goes on where it now is
+    assert _run(tmp_path / "moved", "steps=600", "resume=true", *args) == 0
+    assert not (tmp_path / "cut").exists()
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "moved" / "checkpoint.pt", weights_only=False)
     assert a["agent_step"] == b["agent_step"] == 75
     for mod in a["agent"]["modules"]:
         for k, v in a["agent"]["modules"][mod].items():
             assert torch.equal(v, b["agent"]["modules"][mod][k]), (mod, k)
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s") and k not in  # noqa: E731
                            ("wall_time", "env_steps_per_s")} for r in rows]
-    assert strip(_rows(tmp_path / "full" / "eval.csv")) == strip(_rows(tmp_path / "cut" / "eval.csv"))
-    assert strip(_rows(tmp_path / "full" / "train.csv")) == strip(_rows(tmp_path / "cut" / "train.csv"))
+    assert strip(_rows(tmp_path / "full" / "eval.csv")) == strip(_rows(tmp_path / "moved" / "eval.csv"))
+    assert strip(_rows(tmp_path / "full" / "train.csv")) == strip(_rows(tmp_path / "moved" / "train.csv"))
 
 
 def test_eval_command_and_its_errors(tmp_path, capsys):
