@@ -14,7 +14,7 @@ worse on a good one (a gradient-based solve from pi's warm start can stop in a l
 MPPI's sampling escapes). Swapping the acting method on one model separates the two.
 
     .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/{difftop,tdmpc}/seed1 --episodes 8
-    .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/difftop/seed1 --modes pi --trace 20002
+    .venv/bin/python results/rl/acting_probe.py runs/cpu-explore0/reacher-easy/difftop/seed1 --modes pi --trace 20002
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 trace(run, mode, args.trace)
         return 0
-    print(f"| run | acting | mean +- std | episodes at 0 | returns (env seeds {args.seed}..) | s |")
+    print(f"| run | acting | mean +- std | episodes < 50 | returns (env seeds {args.seed}..) | s |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
         for mode in args.modes:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             returns, _ = evaluate(_Acting(agent, mode), envs, args.episodes, step, args.seed)
             r = np.array(returns)
-            print(f"| {run} | {mode} | {r.mean():.1f} +- {r.std():.1f} | {int((r < 1).sum())} | "
+            print(f"| {run} | {mode} | {r.mean():.1f} +- {r.std():.1f} | {int((r < 50).sum())} | "
                   f"{' '.join(f'{x:.0f}' for x in r)} | {time.perf_counter() - t0:.0f} |", flush=True)
     return 0
 
