@@ -21,11 +21,12 @@ case ${1:-} in
     rl finger-spin tdmpc 1
     # (session 8: explore_std 0.15 became the default; the probe run that showed it is reacher-easy difftop
     # seed 1, the run with explore_std 0 moved to runs/cpu-explore0)
-    rl finger-spin difftop 1
-    rl reacher-easy difftop_noback 1
+    # shortest first (agent steps: cartpole 12.5k, reacher 25k, finger-spin 50k)
     rl cartpole-swingup difftop 1
-    rl finger-spin difftop_noback 1
+    rl reacher-easy difftop_noback 1
     rl cartpole-swingup difftop_noback 1
+    rl finger-spin difftop 1
+    rl finger-spin difftop_noback 1
     for seed in 2 3; do
       rl "cartpole-swingup reacher-easy finger-spin" "tdmpc difftop difftop_noback" "$seed"
     done ;;
