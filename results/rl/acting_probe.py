@@ -14,7 +14,8 @@ worse on a good one (a gradient-based solve from pi's warm start can stop in a l
 MPPI's sampling escapes). Swapping the acting method on one model separates the two.
 
     .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/{difftop,tdmpc}/seed1 --episodes 8
-    .venv/bin/python results/rl/acting_probe.py runs/cpu-explore0/reacher-easy/difftop/seed1 --modes pi --trace 20002
+    .venv/bin/python results/rl/acting_probe.py runs/cpu-explore0/reacher-easy/difftop/seed1 \
+        --modes pi --trace 20002
 """
 
 from __future__ import annotations
