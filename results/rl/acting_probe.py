@@ -16,6 +16,14 @@ MPPI's sampling escapes). Swapping the acting method on one model separates the 
     .venv/bin/python results/rl/acting_probe.py runs/cpu/reacher-easy/{difftop,tdmpc}/seed1 --episodes 8
     .venv/bin/python results/rl/acting_probe.py runs/cpu-explore0/reacher-easy/difftop/seed1 \
         --modes pi --trace 20002
+    .venv/bin/python results/rl/acting_probe.py runs/cpu/cartpole-swingup/{tdmpc,difftop}/seed1 \
+        --modes mppi solve --episodes 5 --actions
+
+``--actions`` asks instead how hard each method pushes once the task is done: over the second half of
+each episode (on cartpole-swingup the pole is up and balanced by then), the mean |a|, the mean a^2
+(cartpole's reward is multiplied by (4 + 1 - a^2) / 5, so an agent that balances with large actions
+loses reward every step), the share of action entries at a bound (|a| > 0.95) and the mean reward per
+agent step.
 """
 
 from __future__ import annotations
@@ -83,6 +91,31 @@ def trace(run: str, mode: str, seeds: list[int], every: int = 25) -> None:
             obs, *_ = env.step(a)
 
 
+def action_stats(run: str, mode: str, episodes: int, seed: int) -> str:
+    """One table row of ``--actions``: the second half of ``episodes`` episodes from env seed ``seed``."""
+    cfg, step, state = agent_for(run, mode)
+    torch.manual_seed(seed)
+    _, envs, agent = build(cfg, eval_episodes=1)
+    agent.model.load_state_dict(state["agent"]["modules"]["model"])
+    acting, env = _Acting(agent, mode), envs[0]
+    n = cfg.episode_length // cfg.action_repeat
+    acts, rewards, returns = [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        total = 0.0
+        for t in range(n):
+            a = acting.act_batch(obs[None], step=step, t0=t == 0)[0]
+            obs, r, *_ = env.step(a)
+            total += float(r)
+            if t >= n // 2:
+                acts.append(np.clip(a, -1, 1))
+                rewards.append(float(r))
+        returns.append(total)
+    a = np.array(acts)
+    return (f"| {run} | {mode} | {np.mean(returns):.1f} | {np.abs(a).mean():.3f} | {(a ** 2).mean():.3f} | "
+            f"{(np.abs(a) > 0.95).mean():.2f} | {np.mean(rewards):.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished state-based RL run directories")
@@ -92,8 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", type=int, nargs="*", default=None,
                     help="instead: print every 25th step of these env seeds (finger-target distance, joint "
                          "angles, action, the latent min Q) for reacher runs")
+    ap.add_argument("--actions", action="store_true",
+                    help="instead: action statistics over the second half of each episode")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.actions:
+        print(f"env seeds {args.seed}.., second half of each episode\n")
+        print("| run | acting | return | mean abs(a) | mean a^2 | at a bound | reward per agent step |")
+        print("|---|---|---|---|---|---|---|")
+        for run in args.runs:
+            for mode in args.modes:
+                print(action_stats(run, mode, args.episodes, args.seed), flush=True)
+        return 0
     if args.trace is not None:
         for run in args.runs:
             for mode in args.modes:
