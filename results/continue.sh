@@ -6,6 +6,8 @@
 #   nohup bash results/continue.sh rl > runs/logs/rl.log 2>&1 &
 #   nohup bash results/continue.sh il > runs/logs/il.log 2>&1 &
 # then `bash results/collect.sh` copies the CSVs into results/ and redraws tables and curves.
+# The IL lane has far less left to run: once done, it works through the RL list from its far end
+# (run_cpu.sh locks each run while it trains, so the two lanes never take the same run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p runs/logs
@@ -14,22 +16,19 @@ il() { bash results/il/run_pusht_state.sh "$1" "$2" cpu; }       # runs seed (il
 BASES="bc difftop_bc residual_bc difftop_zero difftop_random difftop_nocvae_bc
 bc_rnn residual_bc_rnn difftop_bc_rnn difftop_nocvae_bc_rnn"
 DIFFUSION="diffusion residual_diffusion difftop_diffusion difftop_nocvae_diffusion"
+# RL runs ("task agent seed"): seed 1 of the three tasks first (DiffTOP and noback with max_iters 50,
+# session 6; explore_std 0.15 since session 8, whose probe run is reacher-easy difftop seed 1; the run
+# with explore_std 0 moved to runs/cpu-explore0), shortest first (agent steps: cartpole 12.5k,
+# reacher 25k, finger-spin 50k), then seeds 2-3
+RL_RUNS=("reacher-easy difftop 1" "finger-spin tdmpc 1" "cartpole-swingup difftop 1"
+  "reacher-easy difftop_noback 1" "cartpole-swingup difftop_noback 1" "finger-spin difftop 1"
+  "finger-spin difftop_noback 1")
+for seed in 2 3; do for task in cartpole-swingup reacher-easy finger-spin; do
+  for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("$task $agent $seed"); done
+done; done
 case ${1:-} in
   rl)
-    # seed 1 of the three tasks first (DiffTOP and noback with max_iters 50, session 6), then seeds 2-3
-    rl reacher-easy difftop 1
-    rl finger-spin tdmpc 1
-    # (session 8: explore_std 0.15 became the default; the probe run that showed it is reacher-easy difftop
-    # seed 1, the run with explore_std 0 moved to runs/cpu-explore0)
-    # shortest first (agent steps: cartpole 12.5k, reacher 25k, finger-spin 50k)
-    rl cartpole-swingup difftop 1
-    rl reacher-easy difftop_noback 1
-    rl cartpole-swingup difftop_noback 1
-    rl finger-spin difftop 1
-    rl finger-spin difftop_noback 1
-    for seed in 2 3; do
-      rl "cartpole-swingup reacher-easy finger-spin" "tdmpc difftop difftop_noback" "$seed"
-    done ;;
+    for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
   il)
     # every row of Tables 1 and 3 for seed 1 (IBC's first seed before the rest of the Diffusion rows:
     # no IBC row exists yet), then seed 2, then IBC for seeds 1-2
@@ -40,6 +39,7 @@ case ${1:-} in
     il "$DIFFUSION" 1
     il "$BASES" 2
     il "$DIFFUSION" 2
-    il "ibc ibc_diffusion" "1 2" ;;
+    il "ibc ibc_diffusion" "1 2"
+    for ((i = ${#RL_RUNS[@]} - 1; i >= 0; i--)); do rl ${RL_RUNS[i]}; done ;;
   *) echo "usage: bash results/continue.sh rl|il"; exit 2 ;;
 esac

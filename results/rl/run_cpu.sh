@@ -8,6 +8,8 @@
 #   bash results/rl/run_cpu.sh "cartpole-swingup" "tdmpc difftop" "1"      # tasks, agents, seeds
 # A variant (a probe, kept out of runs/cpu): ROOT=runs/cpu-probes NAME=difftop_explore0
 #   OVERRIDES="explore_std=0" bash results/rl/run_cpu.sh reacher-easy difftop 1
+# Two copies of this script may work through overlapping lists (results/continue.sh's two lanes): each
+# run holds a lock (runs/locks/) while it trains, and a run locked by the other copy is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASKS=${1:-"cartpole-swingup reacher-easy finger-spin"}
@@ -15,13 +17,17 @@ AGENTS=${2:-"tdmpc difftop difftop_noback"}
 SEEDS=${3:-"1 2 3"}
 STEPS=100000
 export MUJOCO_GL=egl
+mkdir -p runs/locks
 for seed in $SEEDS; do for task in $TASKS; do for agent in $AGENTS; do
   out="${ROOT:-runs/cpu}/$task/${NAME:-$agent}/seed$seed"
-  # shellcheck disable=SC2086  # OVERRIDES: space-separated key=value words
-  .venv/bin/difftop rl preset=cpu task="$task" agent="$agent" seed="$seed" steps=$STEPS \
-    eval_every=10000 threads=1 progress=false resume=true ${OVERRIDES:-} out_dir="$out"
-  if [ "$(tail -n 1 "$out/eval.csv" | cut -d, -f1)" = "$STEPS" ] && [ ! -f "$out/final20/eval.json" ]; then
-    .venv/bin/difftop eval checkpoint="$out" episodes=20 seed=20000 video=false threads=1 device=cpu \
-      out_dir="$out/final20"
-  fi
+  (
+    flock -n 9 || { echo "skip: $out is being trained by another process"; exit 0; }
+    # shellcheck disable=SC2086  # OVERRIDES: space-separated key=value words
+    .venv/bin/difftop rl preset=cpu task="$task" agent="$agent" seed="$seed" steps=$STEPS \
+      eval_every=10000 threads=1 progress=false resume=true ${OVERRIDES:-} out_dir="$out"
+    if [ "$(tail -n 1 "$out/eval.csv" | cut -d, -f1)" = "$STEPS" ] && [ ! -f "$out/final20/eval.json" ]; then
+      .venv/bin/difftop eval checkpoint="$out" episodes=20 seed=20000 video=false threads=1 device=cpu \
+        out_dir="$out/final20"
+    fi
+  ) 9>"runs/locks/${out//\//_}.lock"
 done; done; done
