@@ -288,7 +288,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                 f"{bmeta.action_dim}, this run has {obs_shapes} / {action_dim}")
         params = OmegaConf.to_container(cfg.policy_params, resolve=True)  # plain lists/dicts in the spec
         policy, spec = build_policy(cfg.policy, obs_shapes, action_dim, params, base)
-        chunk_warning(base, policy.shape_meta.n_action_steps, cfg.policy)
+        if not getattr(policy, "follow_base_chunks", False):  # IBC queries its base once per chunk
+            chunk_warning(base, policy.shape_meta.n_action_steps, cfg.policy)
     meta = policy.shape_meta
     full = SequenceDataset(data, obs_keys, "action", horizon=meta.horizon, obs_horizon=meta.obs_horizon,
                            n_action_steps=meta.n_action_steps)

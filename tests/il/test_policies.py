@@ -7,6 +7,7 @@ fixed function of the observation, offset to ~200 raw units so that a policy tha
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import pytest
@@ -270,6 +271,47 @@ def test_ibc_with_an_init_policy_searches_around_its_action():
     assert ((a - init.value) * scale).abs().max() < 0.1  # within a few init_noise of the seed action
     plain = _build("ibc", sm, norm)  # uniform initial samples land anywhere in the box
     assert ((plain.predict_action(batch["obs"]) - init.value) * scale).abs().max() > 0.1
+
+
+class _Chunked(Policy):
+    """A base acting in chunks of 4 whose k-th query returns the chunk [k, k + 0.1, k + 0.2, k + 0.3]
+    (the first action coordinate; raw units) and counts its queries."""
+
+    def __init__(self, sm: ShapeMeta, norm: Normalizer):
+        super().__init__(dataclasses.replace(sm, horizon=4, n_action_steps=4))
+        self.set_normalizer(norm)
+        self.calls = 0
+
+    @torch.no_grad()
+    def predict_action(self, obs):
+        b = next(iter(obs.values())).shape[0]
+        self.calls += 1
+        first = self.calls + 0.1 * torch.arange(4.0)
+        raw = torch.stack([first, torch.zeros(4)], -1)  # (4, m) in normalised units
+        return self.normalizer.unnormalize("action", raw).expand(b, 4, M).clone()
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_ibc_follows_a_chunked_initialiser_once_per_chunk(follow):
+    sm = _shape_meta("ibc")
+    sm = dataclasses.replace(sm, horizon=sm.obs_horizon, n_action_steps=1)
+    batch, norm = _data(sm, b=3)
+    base = _Chunked(sm, norm)
+    p = _build("ibc", sm, norm, init_policy=base, init_noise=0.0, follow_base_chunks=follow)
+    p.low, p.high = -100.0, 100.0  # no clipping: with zero noise the DFO returns the base's action
+    p.reset()
+    got = [norm.normalize("action", _act(p, batch["obs"]))[0, 0, 0].item() for _ in range(6)]
+    if follow:  # one query per 4 steps; each step starts from the chunk's next action
+        assert base.calls == 2
+        assert got == pytest.approx([1.0, 1.1, 1.2, 1.3, 2.0, 2.1], abs=1e-5)
+    else:  # the first action of a fresh chunk every step
+        assert base.calls == 6
+        assert got == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], abs=1e-5)
+    p.reset()  # a new episode starts a new chunk
+    _act(p, batch["obs"])
+    assert base.calls == (3 if follow else 7)
+    _act(p, {k: v[:2] for k, v in batch["obs"].items()})  # fewer environments: a new chunk
+    assert base.calls == (4 if follow else 8)
 
 
 def test_diffusion_sampling_is_deterministic_given_a_generator():

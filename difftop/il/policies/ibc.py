@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from difftop.cli import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
-from difftop.il.policies.bc import action_window, base_actions, build_encoder, freeze, recent_obs
+from difftop.il.policies.bc import (
+    BaseChunks,
+    action_window,
+    base_actions,
+    build_encoder,
+    freeze,
+    recent_obs,
+)
 from difftop.nn.encoders import build_mlp
 
 __all__ = ["IBCPolicy", "dfo_minimize"]
@@ -78,6 +85,7 @@ class IBCPolicy(Policy):
         temperature: float = 1.0,
         init_policy: Policy | None = None,
         init_noise: float = 0.1,
+        follow_base_chunks: bool = True,
     ):
         super().__init__(shape_meta)
         if not action_low < action_high:
@@ -104,6 +112,11 @@ class IBCPolicy(Policy):
         )
         self.init_noise = float(init_noise)
         self.init_policy = None if init_policy is None else freeze(init_policy)
+        # IBC never trains on its initialiser, so at rollout the initialiser may act as it does alone:
+        # a chunked one (Diffusion) is queried once per chunk and each step starts the DFO from the
+        # chunk's next action (False: query it at every step)
+        self.follow_base_chunks = bool(follow_base_chunks)
+        self._chunks = BaseChunks()
 
     def train(self, mode: bool = True) -> IBCPolicy:
         super().train(mode)
@@ -139,7 +152,11 @@ class IBCPolicy(Policy):
         if self.init_policy is None:
             u = torch.rand((b, n, d), generator=generator, device=ref.device, dtype=ref.dtype)
             return u * (self.high - self.low) + self.low
-        raw = base_actions(self.init_policy, obs, self.shape_meta.n_action_steps, stateless=False)
+        steps = self.shape_meta.n_action_steps
+        if self.follow_base_chunks:
+            raw = self._chunks.next(self.init_policy, obs, steps)
+        else:
+            raw = base_actions(self.init_policy, obs, steps, stateless=False)
         a0 = self.normalizer.normalize("action", raw).flatten(1).unsqueeze(1)  # (B, 1, D)
         noise = torch.randn((b, n, d), generator=generator, device=a0.device, dtype=a0.dtype)
         noise[:, 0] = 0  # keep the initialiser's own action among the candidates
@@ -167,5 +184,6 @@ class IBCPolicy(Policy):
         return self.normalizer.unnormalize("action", best.view(-1, sm.n_action_steps, sm.action_dim))
 
     def reset(self) -> None:
+        self._chunks.reset()
         if self.init_policy is not None:
             self.init_policy.reset()
