@@ -56,24 +56,25 @@ class _Acting:
         return a.act_batch(obs, step=step, t0=t0)  # solve: a DiffTOP agent's own acting
 
 
-def agent_for(run: str, mode: str):
-    """(agent holding the run's trained model, agent step, run config) able to act by ``mode``."""
+def agent_for(run: str, mode: str, seed: int, episodes: int):
+    """(run config, agent step, agent holding the run's trained model and able to act by ``mode``, its
+    ``episodes`` evaluation envs), built after ``torch.manual_seed(seed)``."""
     state = torch.load(Path(run) / "checkpoint.pt", weights_only=False, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
     cfg.device = "cpu"
     if mode == "solve" and cfg.agent == "tdmpc":  # DiffTOP's acting on TD-MPC's model
         current = OmegaConf.load(Path(__file__).resolve().parents[2] / "difftop/configs/rl.yaml")
         cfg.agent, cfg.trajopt = "difftop", current.trajopt
-    return cfg, int(state["agent_step"]), state
+    torch.manual_seed(seed)
+    _, envs, agent = build(cfg, eval_episodes=episodes)
+    agent.model.load_state_dict(state["agent"]["modules"]["model"])
+    return cfg, int(state["agent_step"]), agent, envs
 
 
 def trace(run: str, mode: str, seeds: list[int], every: int = 25) -> None:
     """Where a reacher episode goes: every ``every`` agent steps, the finger-target distance, the
     joint angles, the action and the latent model's min Q of that action."""
-    cfg, step, state = agent_for(run, mode)
-    torch.manual_seed(seeds[0] if seeds else 0)
-    _, envs, agent = build(cfg, eval_episodes=1)
-    agent.model.load_state_dict(state["agent"]["modules"]["model"])
+    cfg, step, agent, envs = agent_for(run, mode, seeds[0] if seeds else 0, 1)
     acting, env = _Acting(agent, mode), envs[0]
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
@@ -93,10 +94,7 @@ def trace(run: str, mode: str, seeds: list[int], every: int = 25) -> None:
 
 def action_stats(run: str, mode: str, episodes: int, seed: int) -> str:
     """One table row of ``--actions``: the second half of ``episodes`` episodes from env seed ``seed``."""
-    cfg, step, state = agent_for(run, mode)
-    torch.manual_seed(seed)
-    _, envs, agent = build(cfg, eval_episodes=1)
-    agent.model.load_state_dict(state["agent"]["modules"]["model"])
+    cfg, step, agent, envs = agent_for(run, mode, seed, 1)
     acting, env = _Acting(agent, mode), envs[0]
     n = cfg.episode_length // cfg.action_repeat
     acts, rewards, returns = [], [], []
@@ -146,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for run in args.runs:
         for mode in args.modes:
-            cfg, step, state = agent_for(run, mode)
-            torch.manual_seed(args.seed)
-            _, envs, agent = build(cfg, eval_episodes=args.episodes)
-            agent.model.load_state_dict(state["agent"]["modules"]["model"])
+            _, step, agent, envs = agent_for(run, mode, args.seed, args.episodes)
             t0 = time.perf_counter()
             returns, _ = evaluate(_Acting(agent, mode), envs, args.episodes, step, args.seed)
             r = np.array(returns)
