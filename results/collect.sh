@@ -4,13 +4,13 @@
 # the RL curves and the IL tables and curves.   bash results/collect.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# runs/cpu/<task>/<agent>/seedN -> results/rl/cpu/...;  runs/il/<task>/... -> results/il/runs/<task>/...
-for src in runs/cpu runs/il; do
+# runs/cpu[-pg]/<task>/<agent>/seedN -> results/rl/cpu[-pg]/...;  runs/il/<task>/... -> results/il/runs/<task>/...
+for src in runs/cpu runs/cpu-pg runs/il; do
   [ -d "$src" ] || continue
   find "$src" -name eval.csv | while read -r f; do
     d=$(dirname "$f")
     case $d in
-      runs/cpu/*) dst="results/rl/${d#runs/}" ;;
+      runs/cpu/* | runs/cpu-pg/*) dst="results/rl/${d#runs/}" ;;
       runs/il/*) dst="results/il/runs/${d#runs/il/}" ;;
     esac
     mkdir -p "$dst"
@@ -25,6 +25,11 @@ if [ -d results/rl/cpu ]; then
   # The seed-1 DiffTOP runs of sessions 2-5 (memory-mode PG gradient, 20 solver iterations) beside TD-MPC
   .venv/bin/difftop plot results/rl/cpu/*/tdmpc results/rl/cpu-memory results/rl/cpu-iters20/*/difftop_noback \
     out=results/rl/cpu_states_sessions2-5.png reference=tdmpc-state
+fi
+if [ -d results/rl/cpu-pg ]; then
+  # How the PG loss is applied (session 10): online (official) vs batched at every update, on cartpole-swingup
+  .venv/bin/difftop plot results/rl/cpu/cartpole-swingup results/rl/cpu-pg out=results/rl/cpu_pg_modes.png \
+    reference=tdmpc-state
 fi
 # IL: the Table 1/3 layout and the evaluation curves of each results/il/runs/<task>/<setting>
 for root in results/il/runs/*/*; do

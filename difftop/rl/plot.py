@@ -3,13 +3,15 @@
 Imitation runs (a config with ``policy`` and no ``agent``) are drawn by :mod:`difftop.il.plot`
 (success rate and coverage against gradient steps); one figure holds one kind.
 
-A run directory holds ``config.yaml`` (keys ``task``, ``agent``, ``obs``, optionally ``seed``; an
-``agent``/``task``/``obs`` given as a node is named by its ``name`` key) and ``eval.csv`` with the
-columns ``env_step, episode, wall_time, episode_reward`` (``wall_time``: seconds since the run
-started). Each path given may be a run directory or any directory above run directories: every
-``eval.csv`` below it is used. Runs are grouped by (task, agent, obs); each group is drawn as the
-mean +- std (numpy's ``std``, ddof 0) across its runs (seeds), against environment steps and
-against wall-clock hours (the paper's Figs. 3 and 7), one panel per task, one colour per agent.
+A run directory holds ``config.yaml`` (keys ``task``, ``agent``, ``obs``, optionally ``seed`` and
+``label``, which replaces the agent's name so that variants of one agent, e.g. ``pg_mode=batched``,
+are drawn apart; an ``agent``/``task``/``obs`` given as a node is named by its ``name`` key) and
+``eval.csv`` with the columns ``env_step, episode, wall_time, episode_reward`` (``wall_time``:
+seconds since the run started). Each path given may be a run directory or any directory above run
+directories: every ``eval.csv`` below it is used. Runs are grouped by (task, agent or label, obs);
+each group is drawn as the mean +- std (numpy's ``std``, ddof 0) across its runs (seeds), against
+environment steps and against wall-clock hours (the paper's Figs. 3 and 7), one panel per task, one
+colour per agent.
 
 Seeds evaluated at slightly different steps (or times) are put on a common grid: the union of
 their x values within the range that every seed reached (from the largest first x to the smallest
@@ -152,6 +154,8 @@ def load_run(run_dir: Path, cfg: DictConfig | None = None) -> Run | None:
     if missing:
         raise UserError(f"{config} lacks the key(s) {', '.join(missing)}")
     task, agent, obs = (_name_of(cfg[k], k, config) for k in ("task", "agent", "obs"))
+    if cfg.get("label") is not None:
+        agent = _name_of(cfg.label, "label", config)
     eval_csv = run_dir / "eval.csv"
     df = _read_csv(eval_csv)
     if df.empty:

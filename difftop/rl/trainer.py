@@ -154,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, state = open_run(cfg, "rl",
                           ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"),
                           ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
-                           "checkpoint_every", "checkpoint_minutes", "device"))
+                           "checkpoint_every", "checkpoint_minutes", "device", "label"))
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
 

@@ -75,6 +75,17 @@ def test_plot_writes_figure_and_summary(runs, capsys):
     assert len(s) == 2 and "saved" in capsys.readouterr().out
 
 
+def test_label_draws_a_variant_of_an_agent_apart(runs):
+    """A run whose config has `label` (e.g. difftop with pg_mode=batched) is its own group."""
+    write_run(runs / "runs", "a_batched/0", [(0, 0, 0), (2000, 700, 400)],
+              task="cartpole-swingup", agent="a", obs="state", seed=0, label="a_batched")
+    assert cli.main(["plot", "runs", "out=c.png"]) == 0
+    s = summary(runs / "c.csv")
+    assert s.loc[("run", "cartpole-swingup", "a")]["n_seeds"] == 2  # the labelled run is not merged in
+    v = s.loc[("run", "cartpole-swingup", "a_batched")]
+    assert v["n_seeds"] == 1 and v["final_mean"] == 400
+
+
 def test_x_both_adds_a_row_of_time_panels(runs):
     import matplotlib.image as mpimg
 
