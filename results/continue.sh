@@ -28,6 +28,9 @@ for seed in 2 3; do for task in cartpole-swingup reacher-easy finger-spin; do
 done; done
 case ${1:-} in
   rl)
+    # session 10's PG-scheme probe (results/rl/README.md, "How the PG loss is applied"), if unfinished
+    ROOT=runs/cpu-pg NAME=difftop_batched_c0.1 OVERRIDES="pg_mode=batched c0=0.1 label=difftop_batched_c0.1" \
+      bash results/rl/run_cpu.sh cartpole-swingup difftop 1
     for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
   il)
     # every row of Tables 1 and 3 for seed 1 (IBC's first seed before the rest of the Diffusion rows:

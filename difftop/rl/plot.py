@@ -370,15 +370,20 @@ def draw(
             ax.tick_params(labelsize=8)
             if mode == "steps":
                 ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    # As many legend entries per row as fit the figure's width (~2 per panel column, labels such as
+    # difftop_batched_c0.1 included), and room below the panels for every row of them.
+    legend_cols = max(1, min(len(handles), 6, 2 * ncols))
+    legend_rows = math.ceil(len(handles) / legend_cols)
     fig.legend(
         list(handles.values()),
         list(handles),
         loc="lower center",
-        ncol=min(len(handles), 6),
+        ncol=legend_cols,
         fontsize=9,
         frameon=False,
     )
-    fig.tight_layout(rect=(0, 0.06 if len(handles) <= 6 else 0.1, 1, 1))
+    fig_height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, min(0.4, (0.1 + 0.25 * legend_rows) / fig_height), 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
