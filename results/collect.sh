@@ -13,6 +13,15 @@ for src in runs/cpu runs/cpu-pg runs/il; do
       runs/cpu/* | runs/cpu-pg/*) dst="results/rl/${d#runs/}" ;;
       runs/il/*) dst="results/il/runs/${d#runs/il/}" ;;
     esac
+    # never replace a longer record: a run restarted on a fresh machine (runs/ lost) is copied once it
+    # has more evaluations than the collected one, and a base retrained only to initialise other runs
+    # leaves its first record in place
+    if [ -f "$dst/eval.csv" ]; then
+      n=$(wc -l < "$f") m=$(wc -l < "$dst/eval.csv")
+      if [ "$n" -lt "$m" ] || { [ "$n" -eq "$m" ] && ! cmp -s "$f" "$dst/eval.csv"; }; then
+        echo "kept $dst: its record is longer than, or as long as and other than, $d's"; continue
+      fi
+    fi
     mkdir -p "$dst"
     cp "$d"/config.yaml "$d"/train.csv "$d"/eval.csv "$dst"/ 2>/dev/null || true
     if [ -f "$d/final20/eval.json" ]; then  # RL: the 20-episode evaluation of the final checkpoint

@@ -22,8 +22,23 @@ case $PRESET in
   *) echo "unknown preset $PRESET (paper | cpu)"; exit 2 ;;
 esac
 export MUJOCO_GL=egl
-for seed in $SEEDS; do for run in $RUNS; do
-  base="" steps=20000
+# The demos are not committed: (re)generate them, deterministic from seeds 0-199 (30,580 steps, ~4 min);
+# a complete store returns at once, a partial one is completed
+.venv/bin/difftop demos task=pusht episodes=200 out=data/pusht.zarr progress=false
+# finished RUN SEED: the run's last evaluation (at its final step) is collected in results/il/runs/, so
+# a fresh machine (no runs/) does not retrain it
+finished() {
+  local f="results/il/runs/${root#runs/il/}/$1/seed$2/eval.csv" last=20000
+  [ "$1" = ibc_diffusion ] && last=0
+  [ -f "$f" ] && [ "$(tail -n 1 "$f" | cut -d, -f1)" = "$last" ]
+}
+# train RUN SEED [force]: train (or resume) one run; its base (or IBC's weights) is trained (or resumed)
+# first, also when the base itself is finished in results/ but its checkpoint is gone (a fresh machine)
+train() {
+  local run=$1 seed=$2 base="" steps=20000 args every
+  if [ -z "${3:-}" ] && [ ! -f "$root/$run/seed$seed/checkpoint.pt" ] && finished "$run" "$seed"; then
+    echo "skip: $root/$run/seed$seed is finished (collected in results/il/runs/)"; return
+  fi
   case $run in
     bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
     difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;
@@ -46,12 +61,18 @@ for seed in $SEEDS; do for run in $RUNS; do
     difftop_diffusion | difftop_nocvae_diffusion)
       args="$args policies.difftop.plan_horizon=8 policies.difftop.n_action_steps=8" ;;
   esac
+  local need=$base b
+  [ "$run" = ibc_diffusion ] && need="ibc diffusion"
+  # (a base finished in runs/ resumes in seconds; a base cut off mid-training is finished first)
+  for b in $need; do train "$b" "$seed" force; done
   [ -n "$base" ] && args="$args base=$root/$base/seed$seed"
   # IBC's derivative-free evaluation takes ~35 min per 50 episodes on this CPU: every 10k steps only
   # (the tables use the last evaluation, at 20k, as for every policy)
   every=5000
   [ "$run" = ibc ] && every=10000
+  # shellcheck disable=SC2086  # args: space-separated key=value words
   .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \
     $args steps=$steps eval_every=$every eval_episodes=50 progress=false resume=true \
     out_dir="$root/$run/seed$seed"
-done; done
+}
+for seed in $SEEDS; do for run in $RUNS; do train "$run" "$seed"; done; done

@@ -9,7 +9,8 @@
 # A variant (a probe, kept out of runs/cpu): ROOT=runs/cpu-probes NAME=difftop_explore0
 #   OVERRIDES="explore_std=0" bash results/rl/run_cpu.sh reacher-easy difftop 1
 # Two copies of this script may work through overlapping lists (results/continue.sh's two lanes): each
-# run holds a lock (runs/locks/) while it trains, and a run locked by the other copy is skipped.
+# run holds a lock (runs/locks/) while it trains, and a run locked by the other copy is skipped. A run
+# whose 100k evaluation and final20 are already collected in results/rl/ is skipped too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASKS=${1:-"cartpole-swingup reacher-easy finger-spin"}
@@ -20,6 +21,12 @@ export MUJOCO_GL=egl
 mkdir -p runs/locks
 for seed in $SEEDS; do for task in $TASKS; do for agent in $AGENTS; do
   out="${ROOT:-runs/cpu}/$task/${NAME:-$agent}/seed$seed"
+  # A run finished earlier and collected into results/ (a fresh machine has no runs/) is not retrained
+  res="results/rl/${out#runs/}"
+  if [ ! -f "$out/checkpoint.pt" ] && [ -f "$res/final20/eval.json" ] \
+    && [ "$(tail -n 1 "$res/eval.csv" | cut -d, -f1)" = "$STEPS" ]; then
+    echo "skip: $out is finished (collected in $res)"; continue
+  fi
   (
     flock -n 9 || { echo "skip: $out is being trained by another process"; exit 0; }
     # shellcheck disable=SC2086  # OVERRIDES: space-separated key=value words

@@ -1,0 +1,117 @@
+"""Carry unfinished runs across machines: a fresh machine starts without runs/ (checkpoints, buffers).
+
+    .venv/bin/python results/carry.py save      # at a session's end, before committing results/carry/
+    .venv/bin/python results/carry.py restore   # results/continue.sh does this first
+
+`save` packs the resume state (checkpoint.pt, buffer.npz, config, CSVs, TensorBoard events; no videos)
+of every run in runs/ that is not finished, and of every finished IL base (bc, bc_rnn, diffusion, ibc)
+that a not-yet-finished run of the same seed still needs, into results/carry/<run path>.tar. A run is
+finished when its collected record in results/ reaches the last step (RL: the 100k evaluation and the
+final 20-episode evaluation; IL: the 20k evaluation). Tarballs of runs finished since are deleted.
+`restore` unpacks each tarball whose run has no checkpoint in runs/ (a newer checkpoint is never
+overwritten). Why not regenerate: finger-spin runs take 3.5-5 h, longer than a session, and the
+Diffusion base of the Diffusion rows takes ~1.5 h to retrain.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CARRY = ROOT / "results" / "carry"
+RL_STEPS, IL_STEPS = 100_000, 20_000
+# IL base -> the runs (same seed) that start from it; ibc_diffusion loads IBC's weights and Diffusion
+DEPENDENTS = {
+    "bc": ("difftop_bc", "residual_bc", "difftop_nocvae_bc"),
+    "bc_rnn": ("difftop_bc_rnn", "residual_bc_rnn", "difftop_nocvae_bc_rnn"),
+    "diffusion": ("residual_diffusion", "difftop_diffusion", "difftop_nocvae_diffusion", "ibc_diffusion"),
+    "ibc": ("ibc_diffusion",),
+}
+KEEP = ("checkpoint.pt", "buffer.npz", "config.yaml", "train.csv", "eval.csv", "val.csv")
+
+
+def last_step(eval_csv: Path) -> int | None:
+    """The step (first column) of the last row of an eval.csv, or None if it has no row."""
+    if not eval_csv.is_file():
+        return None
+    rows = list(csv.reader(io.StringIO(eval_csv.read_text())))
+    return int(float(rows[-1][0])) if len(rows) > 1 else None
+
+
+def is_il(run: Path) -> bool:
+    return run.relative_to(ROOT / "runs").parts[0] == "il"
+
+
+def collected(run: Path) -> Path:
+    """Where results/collect.sh copies the record of runs/<...>."""
+    rel = run.relative_to(ROOT / "runs")
+    if is_il(run):
+        return ROOT / "results" / "il" / "runs" / Path(*rel.parts[1:])
+    return ROOT / "results" / "rl" / rel
+
+
+def finished(run: Path) -> bool:
+    """True when results/ holds the run's complete record (so it is never trained again)."""
+    res = collected(run)
+    if is_il(run):
+        return last_step(res / "eval.csv") == (0 if run.parent.name == "ibc_diffusion" else IL_STEPS)
+    return last_step(res / "eval.csv") == RL_STEPS and (res / "final20" / "eval.json").is_file()
+
+
+def needed(run: Path) -> bool:
+    """A run whose resume state must survive: unfinished, or an IL base an unfinished run still needs."""
+    if not finished(run):
+        return True
+    deps = DEPENDENTS.get(run.parent.name, ()) if is_il(run) else ()
+    return any(not finished(run.parent.parent / d / run.name) for d in deps)
+
+
+def tar_name(run: Path) -> Path:
+    return CARRY / (str(run.relative_to(ROOT / "runs")).replace("/", "__") + ".tar")
+
+
+def run_of(tar_path: Path) -> Path:
+    return ROOT / "runs" / Path(*tar_path.stem.split("__"))
+
+
+def save() -> None:
+    CARRY.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for ckpt in sorted((ROOT / "runs").glob("**/checkpoint.pt")):
+        run = ckpt.parent
+        if run.name.startswith("seed") and needed(run):
+            wanted.add(tar_name(run))
+            tmp = tar_name(run).with_suffix(".tmp")
+            with tarfile.open(tmp, "w") as tar:
+                for name in KEEP:
+                    if (run / name).is_file():
+                        tar.add(run / name, arcname=name)
+                if (run / "tb").is_dir():
+                    tar.add(run / "tb", arcname="tb")
+            tmp.replace(tar_name(run))
+            print(f"saved {run.relative_to(ROOT)} ({tar_name(run).stat().st_size / 1e6:.1f} MB)")
+    for old in CARRY.glob("*.tar"):
+        if old not in wanted and not needed(run_of(old)):  # a run missing from runs/ keeps its tarball
+            old.unlink()
+            print(f"dropped {old.name}: its run is finished")
+
+
+def restore() -> None:
+    for tar_path in sorted(CARRY.glob("*.tar")):
+        run = run_of(tar_path)
+        if (run / "checkpoint.pt").exists():
+            print(f"kept {run.relative_to(ROOT)}: it already has a checkpoint")
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(run, filter="data")
+        print(f"restored {run.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=("save", "restore"))
+    {"save": save, "restore": restore}[p.parse_args().action]()

@@ -1,0 +1,74 @@
+"""results/carry.py: the resume state of unfinished runs survives a machine without runs/."""
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "results" / "carry.py"
+
+
+@pytest.fixture
+def carry(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("carry", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod, "CARRY", tmp_path / "results" / "carry")
+    return mod
+
+
+def make_run(root: Path, rel: str, last: int, collected: bool = False, final20: bool = False) -> Path:
+    """A run folder under runs/ with a checkpoint and an eval.csv ending at step `last`."""
+    run = root / "runs" / rel
+    (run / "tb").mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"weights" + rel.encode())
+    (run / "buffer.npz").write_bytes(b"buffer")
+    (run / "eval.csv").write_text(f"step,return\n{last // 2},1.0\n{last},2.0\n")
+    (run / "tb" / "events.out").write_text("tb")
+    (run / "videos").mkdir()
+    (run / "videos" / "eval.mp4").write_bytes(b"video")
+    if collected:
+        parts = Path(rel).parts
+        res = (root / "results" / "il" / "runs" / Path(*parts[1:]) if parts[0] == "il"
+               else root / "results" / "rl" / rel)
+        res.mkdir(parents=True)
+        shutil.copy(run / "eval.csv", res / "eval.csv")
+        if final20:
+            (res / "final20").mkdir()
+            (res / "final20" / "eval.json").write_text("{}")
+    return run
+
+
+def test_save_keeps_what_must_resume_and_restore_brings_it_back(carry, tmp_path):
+    make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)                       # unfinished
+    make_run(tmp_path, "cpu/cartpole-swingup/tdmpc/seed2", 100_000, collected=True, final20=True)
+    make_run(tmp_path, "cpu/reacher-easy/tdmpc/seed2", 100_000, collected=True)         # no final20 yet
+    il = "il/pusht/state-cpu"
+    make_run(tmp_path, f"{il}/diffusion/seed1", 20_000, collected=True)    # a base still needed
+    make_run(tmp_path, f"{il}/bc/seed1", 20_000, collected=True)           # its dependents are done
+    for dep in ("difftop_bc", "residual_bc", "difftop_nocvae_bc"):
+        make_run(tmp_path, f"{il}/{dep}/seed1", 20_000, collected=True)
+    stale = carry.CARRY / "cpu__cartpole-swingup__tdmpc__seed2.tar"
+    carry.CARRY.mkdir(parents=True)
+    stale.write_bytes(b"old")
+
+    carry.save()
+    saved = sorted(p.name for p in carry.CARRY.glob("*.tar"))
+    assert saved == ["cpu__finger-spin__difftop__seed1.tar", "cpu__reacher-easy__tdmpc__seed2.tar",
+                     "il__pusht__state-cpu__diffusion__seed1.tar"]
+
+    shutil.rmtree(tmp_path / "runs")                                        # a fresh machine
+    keep = make_run(tmp_path, "cpu/reacher-easy/tdmpc/seed2", 100_000)      # already resumed here
+    (keep / "checkpoint.pt").write_bytes(b"newer")
+    carry.restore()
+    run = tmp_path / "runs" / "cpu/finger-spin/difftop/seed1"
+    assert (run / "checkpoint.pt").read_bytes() == b"weightscpu/finger-spin/difftop/seed1"
+    assert (run / "buffer.npz").is_file() and (run / "tb" / "events.out").is_file()
+    assert not (run / "videos").exists()
+    assert (tmp_path / "runs" / il / "diffusion/seed1/checkpoint.pt").is_file()
+    assert (keep / "checkpoint.pt").read_bytes() == b"newer"
+
+    shutil.rmtree(tmp_path / "runs" / "cpu/finger-spin")   # a run missing from runs/ keeps its tarball
+    carry.save()
+    assert (carry.CARRY / "cpu__finger-spin__difftop__seed1.tar").is_file()
