@@ -14,12 +14,19 @@ for src in runs/cpu runs/cpu-pg runs/il; do
       runs/il/*) dst="results/il/runs/${d#runs/il/}" ;;
     esac
     # never replace a longer record: a run restarted on a fresh machine (runs/ lost) is copied once it
-    # has more evaluations than the collected one, and a base retrained only to initialise other runs
-    # leaves its first record in place
+    # has as many evaluations as the collected one. A finished IL run trained again (a base retrained to
+    # initialise other runs: the same seed, but not bit-identical on another machine) keeps its first
+    # record; the new one (the base the later runs started from) goes to results/il/reruns/, outside the
+    # folders that tables and plots read
     if [ -f "$dst/eval.csv" ]; then
       n=$(wc -l < "$f") m=$(wc -l < "$dst/eval.csv")
-      if [ "$n" -lt "$m" ] || { [ "$n" -eq "$m" ] && ! cmp -s "$f" "$dst/eval.csv"; }; then
-        echo "kept $dst: its record is longer than, or as long as and other than, $d's"; continue
+      if [ "$n" -lt "$m" ]; then
+        echo "kept $dst: its record is longer than $d's"; continue
+      elif [ "$n" -eq "$m" ] && ! cmp -s "$f" "$dst/eval.csv" && [ "${d#runs/il/}" != "$d" ] \
+        && [[ $(tail -n 1 "$dst/eval.csv" | cut -d, -f1) =~ ^(20000|0)$ ]]; then
+        re="results/il/reruns/${d#runs/il/}"
+        mkdir -p "$re" && cp "$d"/config.yaml "$d"/train.csv "$d"/eval.csv "$re/"
+        echo "kept $dst: its record is as long as $d's, which went to $re"; continue
       fi
     fi
     mkdir -p "$dst"
