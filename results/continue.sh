@@ -8,7 +8,7 @@
 # then `bash results/collect.sh` copies the CSVs into results/ and redraws tables and curves, and at a
 # session's end `.venv/bin/python results/carry.py save` packs what unfinished runs need to resume
 # (results/carry/, committed: a fresh machine starts without runs/).
-# The IL lane has far less left to run: once done, it works through the RL list from its far end
+# The IL lane has less left to run: once done, it takes the finger-spin runs of the RL list, the longest
 # (run_cpu.sh locks each run while it trains, so the two lanes never take the same run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +43,7 @@ case ${1:-} in
     il difftop_nocvae_diffusion 1
     il "$DIFFUSION" 2
     il "ibc ibc_diffusion" "1 2"
-    for ((i = ${#RL_RUNS[@]} - 1; i >= 0; i--)); do rl ${RL_RUNS[i]}; done ;;
+    for run in "${RL_RUNS[@]}"; do if [[ $run == finger-spin* ]]; then rl $run; fi; done
+    for run in "${RL_RUNS[@]}"; do rl $run; done ;;
   *) echo "usage: bash results/continue.sh rl|il"; exit 2 ;;
 esac
