@@ -39,12 +39,12 @@ done
 if [ -d results/rl/cpu ]; then
   .venv/bin/difftop plot results/rl/cpu out=results/rl/cpu_states.png reference=tdmpc-state
   # The seed-1 DiffTOP runs of sessions 2-5 (memory-mode PG gradient, 20 solver iterations) beside TD-MPC
-  .venv/bin/difftop plot results/rl/cpu/*/tdmpc results/rl/cpu-memory results/rl/cpu-iters20/*/difftop_noback \
+  .venv/bin/difftop plot results/rl/cpu/*/tdmpc/seed1 results/rl/cpu-memory results/rl/cpu-iters20/*/difftop_noback \
     out=results/rl/cpu_states_sessions2-5.png reference=tdmpc-state
 fi
 if [ -d results/rl/cpu-pg ]; then
-  # How the PG loss is applied (session 10): online (official) vs batched at every update, on cartpole-swingup
-  .venv/bin/difftop plot results/rl/cpu/cartpole-swingup results/rl/cpu-pg out=results/rl/cpu_pg_modes.png \
+  # How the PG loss is applied (session 10): online (official) vs batched at every update, cartpole-swingup seed 1
+  .venv/bin/difftop plot results/rl/cpu/cartpole-swingup/*/seed1 results/rl/cpu-pg out=results/rl/cpu_pg_modes.png \
     reference=tdmpc-state
 fi
 # IL: the Table 1/3 layout and the evaluation curves of each results/il/runs/<task>/<setting>
