@@ -37,7 +37,8 @@ for src in runs/cpu runs/cpu-pg runs/il; do
   done
 done
 if [ -d results/rl/cpu ]; then
-  .venv/bin/difftop plot results/rl/cpu out=results/rl/cpu_states.png reference=tdmpc-state
+  # against env steps only: seeds ran on different machines (wall-clock: the hours column of cpu_states.md)
+  .venv/bin/difftop plot results/rl/cpu out=results/rl/cpu_states.png reference=tdmpc-state x=steps
   # final returns per task and agent over seeds, and DiffTOP paired with TD-MPC and noback seed by seed
   .venv/bin/python results/rl/table.py results/rl/cpu --out results/rl/cpu_states.md >/dev/null
   # The seed-1 DiffTOP runs of sessions 2-5 (memory-mode PG gradient, 20 solver iterations) beside TD-MPC

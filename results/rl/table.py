@@ -6,7 +6,9 @@ TD-MPC and with DiffTOP w/o backward seed by seed.
 For every <root>/<task>/<agent>/seed<k>: the 5-episode evaluation at 100k env steps (eval.csv) and the
 20-episode evaluation of the final checkpoint (final20/eval.json, env seeds 20000-20019). Only runs
 that reached 100k count; mean ± std over seeds is the population std. "published" is TD-MPC's 100k
-state return from the paper's reference curves (../shared/reference-curves/tdmpc-state).
+state return from the paper's reference curves (../shared/reference-curves/tdmpc-state). "hours" is
+each run's wall-clock time to 100k: runs of different sessions ran on different machines and loads
+(seed 1's cartpole TD-MPC took 1.83 h, seed 2's 0.38 h), so compare times within a seed only.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ PUBLISHED = {"cartpole-swingup": 859, "reacher-easy": 893, "finger-spin": 949}  
 PAIRS = [("difftop", "tdmpc"), ("difftop", "difftop_noback"), ("difftop_noback", "tdmpc")]
 
 
-def final_returns(run: Path) -> tuple[float, float] | None:
-    """(return at 100k over 5 episodes, final20 mean) of a finished run, else None."""
+def final_returns(run: Path) -> tuple[float, float, float] | None:
+    """(return at 100k over 5 episodes, final20 mean, wall-clock hours to 100k) of a finished run."""
     try:
         with open(run / "eval.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -34,15 +36,15 @@ def final_returns(run: Path) -> tuple[float, float] | None:
         return None
     if not rows or int(float(rows[-1]["env_step"])) != STEPS:
         return None
-    return float(rows[-1]["episode_reward"]), float(final20)
+    return float(rows[-1]["episode_reward"]), float(final20), float(rows[-1]["wall_time"]) / 3600
 
 
 def mean_std(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.1f} ± {statistics.pstdev(xs):.1f}"
 
 
-def collect(root: Path) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
-    """task -> agent -> seed -> (eval at 100k, final20) for the finished runs under root."""
+def collect(root: Path) -> dict[str, dict[str, dict[int, tuple[float, float, float]]]]:
+    """task -> agent -> seed -> (eval at 100k, final20, hours) for the finished runs under root."""
     out: dict = {}
     order = list(PUBLISHED)  # the three tasks of the comparison first, then any other by name
     for task_dir in sorted((p for p in root.iterdir() if p.is_dir()),
@@ -57,7 +59,7 @@ def collect(root: Path) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
 def tables(root: Path) -> str:
     data, names = collect(root), dict(AGENTS)
     lines = ["| task | agent | seeds | 100k eval, per seed | 100k eval | final20, per seed | final20 "
-             "| published TD-MPC |", "|---|---|---|---|---|---|---|---|"]
+             "| published TD-MPC | hours, per seed |", "|---|---|---|---|---|---|---|---|---|"]
     for task, agents in data.items():
         for agent, _ in AGENTS:
             runs = agents.get(agent)
@@ -69,7 +71,7 @@ def tables(root: Path) -> str:
                 xs = [runs[s][i] for s in seeds]
                 cols += [", ".join(f"{x:.1f}" for x in xs), mean_std(xs)]
             lines.append(f"| {task} | {names[agent]} | {', '.join(map(str, seeds))} | {' | '.join(cols)} | "
-                         f"{PUBLISHED.get(task, '-')} |")
+                         f"{PUBLISHED.get(task, '-')} | {', '.join(f'{runs[s][2]:.2f}' for s in seeds)} |")
     lines += ["", "Paired on the same seed (final20 returns): A - B per seed, and in how many seeds A >= B",
               "", "| task | A - B | seeds | per seed | mean ± std | A >= B |", "|---|---|---|---|---|---|"]
     for task, agents in data.items():
