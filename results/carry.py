@@ -2,6 +2,7 @@
 
     .venv/bin/python results/carry.py save      # at a session's end, before committing results/carry/
     .venv/bin/python results/carry.py restore   # results/continue.sh does this first
+    .venv/bin/python results/carry.py finished runs/<...>/seedN   # exit 0 if finished (the run scripts)
 
 `save` packs the resume state (checkpoint.pt, buffer.npz, config, CSVs, TensorBoard events; no videos)
 of every run in runs/ that is not finished, and of every finished IL base (bc, bc_rnn, diffusion, ibc)
@@ -113,5 +114,11 @@ def restore() -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("save", "restore"))
-    {"save": save, "restore": restore}[p.parse_args().action]()
+    p.add_argument("action", choices=("save", "restore", "finished"))
+    p.add_argument("run", nargs="?", help="with finished: a run directory under runs/")
+    a = p.parse_args()
+    if a.action == "finished":  # the one definition of "finished" that the run scripts use
+        if not a.run:
+            p.error("finished needs a run directory, e.g. runs/cpu/cartpole-swingup/tdmpc/seed1")
+        raise SystemExit(0 if finished(ROOT / a.run) else 1)
+    {"save": save, "restore": restore}[a.action]()

@@ -23,7 +23,7 @@ for src in runs/cpu runs/cpu-pg runs/il; do
       if [ "$n" -lt "$m" ]; then
         echo "kept $dst: its record is longer than $d's"; continue
       elif [ "$n" -eq "$m" ] && ! cmp -s "$f" "$dst/eval.csv" && [ "${d#runs/il/}" != "$d" ] \
-        && [[ $(tail -n 1 "$dst/eval.csv" | cut -d, -f1) =~ ^(20000|0)$ ]]; then
+        && .venv/bin/python results/carry.py finished "$d"; then
         re="results/il/reruns/${d#runs/il/}"
         mkdir -p "$re" && cp "$d"/config.yaml "$d"/train.csv "$d"/eval.csv "$re/"
         echo "kept $dst: its record is as long as $d's, which went to $re"; continue

@@ -25,18 +25,13 @@ export MUJOCO_GL=egl
 # The demos are not committed: (re)generate them, deterministic from seeds 0-199 (30,580 steps, ~4 min);
 # a complete store returns at once, a partial one is completed
 .venv/bin/difftop demos task=pusht episodes=200 out=data/pusht.zarr progress=false
-# finished RUN SEED: the run's last evaluation (at its final step) is collected in results/il/runs/, so
-# a fresh machine (no runs/) does not retrain it
-finished() {
-  local f="results/il/runs/${root#runs/il/}/$1/seed$2/eval.csv" last=20000
-  [ "$1" = ibc_diffusion ] && last=0
-  [ -f "$f" ] && [ "$(tail -n 1 "$f" | cut -d, -f1)" = "$last" ]
-}
 # train RUN SEED [force]: train (or resume) one run; its base (or IBC's weights) is trained (or resumed)
 # first, also when the base itself is finished in results/ but its checkpoint is gone (a fresh machine)
 train() {
   local run=$1 seed=$2 base="" steps=20000 args every
-  if [ -z "${3:-}" ] && [ ! -f "$root/$run/seed$seed/checkpoint.pt" ] && finished "$run" "$seed"; then
+  # a run whose final evaluation is collected in results/il/runs/ is not retrained on a fresh machine
+  if [ -z "${3:-}" ] && [ ! -f "$root/$run/seed$seed/checkpoint.pt" ] \
+    && .venv/bin/python results/carry.py finished "$root/$run/seed$seed"; then
     echo "skip: $root/$run/seed$seed is finished (collected in results/il/runs/)"; return
   fi
   case $run in

@@ -22,10 +22,8 @@ mkdir -p runs/locks
 for seed in $SEEDS; do for task in $TASKS; do for agent in $AGENTS; do
   out="${ROOT:-runs/cpu}/$task/${NAME:-$agent}/seed$seed"
   # A run finished earlier and collected into results/ (a fresh machine has no runs/) is not retrained
-  res="results/rl/${out#runs/}"
-  if [ ! -f "$out/checkpoint.pt" ] && [ -f "$res/final20/eval.json" ] \
-    && [ "$(tail -n 1 "$res/eval.csv" | cut -d, -f1)" = "$STEPS" ]; then
-    echo "skip: $out is finished (collected in $res)"; continue
+  if [ ! -f "$out/checkpoint.pt" ] && .venv/bin/python results/carry.py finished "$out"; then
+    echo "skip: $out is finished (collected in results/rl/)"; continue
   fi
   (
     flock -n 9 || { echo "skip: $out is being trained by another process"; exit 0; }
