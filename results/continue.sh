@@ -21,16 +21,18 @@ il() { bash results/il/run_pusht_state.sh "$1" "$2" cpu; }       # runs seed (il
 BASES="bc difftop_bc residual_bc difftop_zero difftop_random difftop_nocvae_bc
 bc_rnn residual_bc_rnn difftop_bc_rnn difftop_nocvae_bc_rnn"
 DIFFUSION="diffusion residual_diffusion difftop_diffusion difftop_nocvae_diffusion"
-# RL runs ("task agent seed"). Done and collected in results/rl/cpu (skipped by run_cpu.sh): seed 1 of
-# TD-MPC, DiffTOP and noback on cartpole-swingup and reacher-easy, TD-MPC on finger-spin. Runs that fit
-# in one 3-hour session come first (agent steps: cartpole 12.5k, ~40-110 min; reacher 25k, ~80-130
-# min; finger-spin 50k, ~3.5-4.7 h): a session's end on a fresh machine loses runs/, and with it a
-# run's checkpoint. Then finger-spin: DiffTOP and noback seed 1, then seeds 2-3.
+# RL runs ("task agent seed"). Done and collected in results/rl/cpu (skipped by run_cpu.sh): seeds 1-2 of
+# TD-MPC, DiffTOP and noback on cartpole-swingup, seed 1 on reacher-easy, TD-MPC on finger-spin (agent
+# steps: cartpole 12.5k, reacher 25k, finger-spin 50k; finger-spin takes 1.5-5 h, longer than some
+# sessions, and results/carry.py carries it to the next). Seed 2 of reacher-easy first, then finger-spin
+# DiffTOP and noback seed 1 (every agent on every task once before a third seed anywhere), then seed 3
+# of cartpole and reacher, then finger-spin seeds 2-3.
 RL_RUNS=()
-for seed in 2 3; do for task in cartpole-swingup reacher-easy; do
-  for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("$task $agent $seed"); done
-done; done
+for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("cartpole-swingup $agent 2" "reacher-easy $agent 2"); done
 RL_RUNS+=("finger-spin difftop 1" "finger-spin difftop_noback 1")
+for task in cartpole-swingup reacher-easy; do
+  for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("$task $agent 3"); done
+done
 for seed in 2 3; do for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("finger-spin $agent $seed"); done; done
 case ${1:-} in
   rl)
