@@ -10,7 +10,7 @@ that a not-yet-finished run of the same seed still needs, into results/carry/<ru
 finished when its collected record in results/ reaches the last step (RL: the 100k evaluation and the
 final 20-episode evaluation; IL: the 20k evaluation). Tarballs of runs finished since are deleted.
 `restore` unpacks each tarball whose run has no checkpoint in runs/ (a newer checkpoint is never
-overwritten). Why not regenerate: finger-spin runs take 3.5-5 h, longer than a session, and the
+overwritten) and deletes the tarball of a run finished since it was packed. Why not regenerate: finger-spin runs take 3.5-5 h, longer than a session, and the
 Diffusion base of the Diffusion rows takes ~1.5 h to retrain.
 """
 from __future__ import annotations
@@ -103,6 +103,12 @@ def save() -> None:
 def restore() -> None:
     for tar_path in sorted(CARRY.glob("*.tar")):
         run = run_of(tar_path)
+        if not needed(run):
+            # finished (and collected) after this tarball was packed, by a session that ended before
+            # its `save`: unpacking would resume the run from its older checkpoint and train it again
+            tar_path.unlink()
+            print(f"dropped {tar_path.name}: its run is finished")
+            continue
         if (run / "checkpoint.pt").exists():
             print(f"kept {run.relative_to(ROOT)}: it already has a checkpoint")
             continue

@@ -72,3 +72,26 @@ def test_save_keeps_what_must_resume_and_restore_brings_it_back(carry, tmp_path)
     shutil.rmtree(tmp_path / "runs" / "cpu/finger-spin")   # a run missing from runs/ keeps its tarball
     carry.save()
     assert (carry.CARRY / "cpu__finger-spin__difftop__seed1.tar").is_file()
+
+
+def test_restore_drops_a_tarball_whose_run_finished_after_it_was_packed(carry, tmp_path):
+    """A session that finished a run but ended before `save` leaves its old tarball behind: a fresh
+    machine must not resume the run from that older checkpoint and train it a second time."""
+    il = "il/pusht/state-cpu"
+    make_run(tmp_path, "cpu/reacher-easy/difftop/seed2", 60_000)
+    make_run(tmp_path, f"{il}/difftop_nocvae_diffusion/seed1", 10_000)
+    make_run(tmp_path, f"{il}/diffusion/seed1", 20_000, collected=True)    # needed by ibc_diffusion
+    carry.save()
+    assert len(list(carry.CARRY.glob("*.tar"))) == 3
+    shutil.rmtree(tmp_path / "runs")
+    # later the two runs finished and were collected, but the session ended before `save`
+    for rel, last in (("cpu/reacher-easy/difftop/seed2", 100_000),
+                      (f"{il}/difftop_nocvae_diffusion/seed1", 20_000)):
+        make_run(tmp_path, rel, last, collected=True, final20=True)
+    shutil.rmtree(tmp_path / "runs")
+
+    carry.restore()
+    assert sorted(p.name for p in carry.CARRY.glob("*.tar")) == ["il__pusht__state-cpu__diffusion__seed1.tar"]
+    assert not (tmp_path / "runs" / "cpu").exists()
+    assert not (tmp_path / "runs" / il / "difftop_nocvae_diffusion").exists()
+    assert (tmp_path / "runs" / il / "diffusion/seed1/checkpoint.pt").is_file()
