@@ -3,6 +3,7 @@
     .venv/bin/python results/carry.py save      # at a session's end, before committing results/carry/
     .venv/bin/python results/carry.py restore   # results/continue.sh does this first
     .venv/bin/python results/carry.py finished runs/<...>/seedN   # exit 0 if finished (the run scripts)
+    .venv/bin/python results/carry.py keep --every 1800   # save every 30 min (results/continue.sh)
 
 `save` packs the resume state (checkpoint.pt, buffer.npz, config, CSVs, TensorBoard events; no videos)
 of every run in runs/ that is not finished, and of every finished IL base (bc, bc_rnn, diffusion, ibc)
@@ -10,15 +11,19 @@ that a not-yet-finished run of the same seed still needs, into results/carry/<ru
 finished when its collected record in results/ reaches the last step (RL: the 100k evaluation and the
 final 20-episode evaluation; IL: the 20k evaluation). Tarballs of runs finished since are deleted.
 `restore` unpacks each tarball whose run has no checkpoint in runs/ (a newer checkpoint is never
-overwritten) and deletes the tarball of a run finished since it was packed. Why not regenerate: finger-spin runs take 3.5-5 h, longer than a session, and the
-Diffusion base of the Diffusion rows takes ~1.5 h to retrain.
+overwritten) and deletes the tarball of a run finished since it was packed. Why not regenerate:
+finger-spin runs take 3.5-5 h, longer than a session, and the Diffusion base of the Diffusion rows
+takes ~1.5 h to retrain. Why `keep`: session 12 was cut off before its final `save`, and lost its
+finger-spin and Diffusion runs with it.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import tarfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +83,20 @@ def run_of(tar_path: Path) -> Path:
     return ROOT / "runs" / Path(*tar_path.stem.split("__"))
 
 
+def packed_files(run: Path) -> list[Path]:
+    """The files `save` packs of a run: KEEP and the TensorBoard events."""
+    tb = [f for f in (run / "tb").rglob("*") if f.is_file()] if (run / "tb").is_dir() else []
+    return [run / name for name in KEEP if (run / name).is_file()] + tb
+
+
+def mid_checkpoint(run: Path) -> bool:
+    """True while a run is writing a checkpoint: the RL trainer replaces buffer.npz, then checkpoint.pt,
+    so a buffer newer than the checkpoint belongs to the next checkpoint (packing both now would pair
+    the old weights with a buffer that already holds the episodes they have yet to collect)."""
+    buf, ckpt = run / "buffer.npz", run / "checkpoint.pt"
+    return buf.is_file() and buf.stat().st_mtime > ckpt.stat().st_mtime
+
+
 def save() -> None:
     CARRY.mkdir(parents=True, exist_ok=True)
     wanted = set()
@@ -85,13 +104,20 @@ def save() -> None:
         run = ckpt.parent
         if run.name.startswith("seed") and needed(run):
             wanted.add(tar_name(run))
+            for _ in range(60):  # a checkpoint takes seconds to write
+                if not mid_checkpoint(run):
+                    break
+                time.sleep(1)
+            else:
+                print(f"kept the last tarball of {run.relative_to(ROOT)}: it is still writing a checkpoint")
+                continue
+            done = tar_name(run)
+            if done.is_file() and all(f.stat().st_mtime < done.stat().st_mtime for f in packed_files(run)):
+                continue  # nothing changed since it was packed (a periodic save rewrites only what did)
             tmp = tar_name(run).with_suffix(".tmp")
             with tarfile.open(tmp, "w") as tar:
-                for name in KEEP:
-                    if (run / name).is_file():
-                        tar.add(run / name, arcname=name)
-                if (run / "tb").is_dir():
-                    tar.add(run / "tb", arcname="tb")
+                for f in packed_files(run):
+                    tar.add(f, arcname=str(f.relative_to(run)))
             tmp.replace(tar_name(run))
             print(f"saved {run.relative_to(ROOT)} ({tar_name(run).stat().st_size / 1e6:.1f} MB)")
     for old in CARRY.glob("*.tar"):
@@ -118,13 +144,32 @@ def restore() -> None:
         print(f"restored {run.relative_to(ROOT)}")
 
 
+def keep(every: float) -> None:
+    """`save` every `every` seconds, for as long as the lanes run (results/continue.sh starts it): a
+    session cut off before its final save then still leaves recent tarballs in results/carry/. Both
+    lanes start one; the second waits on a lock and takes over when the first lane ends."""
+    locks = ROOT / "runs" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "keep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        while True:
+            time.sleep(every)
+            with open(locks / "carry.lock", "w") as save_lock:  # also taken by continue.sh's restore
+                fcntl.flock(save_lock, fcntl.LOCK_EX)
+                save()
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("save", "restore", "finished"))
+    p.add_argument("action", choices=("save", "restore", "finished", "keep"))
     p.add_argument("run", nargs="?", help="with finished: a run directory under runs/")
+    p.add_argument("--every", type=float, default=1800.0, help="with keep: seconds between saves")
     a = p.parse_args()
-    if a.action == "finished":  # the one definition of "finished" that the run scripts use
+    if a.action == "keep":
+        keep(a.every)
+    elif a.action == "finished":  # the one definition of "finished" that the run scripts use
         if not a.run:
             p.error("finished needs a run directory, e.g. runs/cpu/cartpole-swingup/tdmpc/seed1")
         raise SystemExit(0 if finished(ROOT / a.run) else 1)
-    {"save": save, "restore": restore}[a.action]()
+    else:
+        {"save": save, "restore": restore}[a.action]()

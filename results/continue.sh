@@ -16,6 +16,12 @@ mkdir -p runs/logs runs/locks
 # A fresh machine has no runs/: unpack the resume state of unfinished runs that the last session saved
 # (results/carry.py; under a lock, as both lanes start with this)
 flock runs/locks/carry.lock .venv/bin/python results/carry.py restore
+# ... and while the lanes run, save it every 30 min (one lane's keeper saves, the other's waits to take over
+# when that lane ends), so that a session cut
+# off before its final `carry.py save` still leaves recent tarballs behind
+.venv/bin/python results/carry.py keep --every 1800 &
+keeper=$!
+trap 'kill $keeper 2>/dev/null || true' EXIT
 rl() { bash results/rl/run_cpu.sh "$1" "$2" "$3"; }            # task agent seed
 il() { bash results/il/run_pusht_state.sh "$1" "$2" cpu; }       # runs seed (il_preset=cpu)
 BASES="bc difftop_bc residual_bc difftop_zero difftop_random difftop_nocvae_bc

@@ -22,8 +22,8 @@ def make_run(root: Path, rel: str, last: int, collected: bool = False, final20: 
     """A run folder under runs/ with a checkpoint and an eval.csv ending at step `last`."""
     run = root / "runs" / rel
     (run / "tb").mkdir(parents=True)
+    (run / "buffer.npz").write_bytes(b"buffer")             # as the trainer: buffer, then checkpoint
     (run / "checkpoint.pt").write_bytes(b"weights" + rel.encode())
-    (run / "buffer.npz").write_bytes(b"buffer")
     (run / "eval.csv").write_text(f"step,return\n{last // 2},1.0\n{last},2.0\n")
     (run / "tb" / "events.out").write_text("tb")
     (run / "videos").mkdir()
@@ -95,3 +95,78 @@ def test_restore_drops_a_tarball_whose_run_finished_after_it_was_packed(carry, t
     assert not (tmp_path / "runs" / "cpu").exists()
     assert not (tmp_path / "runs" / il / "difftop_nocvae_diffusion").exists()
     assert (tmp_path / "runs" / il / "diffusion/seed1/checkpoint.pt").is_file()
+
+
+def test_save_repacks_only_what_changed_and_waits_for_a_checkpoint_being_written(carry, tmp_path,
+                                                                                monkeypatch):
+    """`keep` saves every 30 min while runs train: an unchanged run is not packed again, and a run
+    caught between writing its buffer and its checkpoint is packed once the checkpoint is written."""
+    import os
+    run = make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
+    tar = carry.CARRY / "cpu__finger-spin__difftop__seed1.tar"
+    old = 1_000_000.0
+    for f in run.rglob("*"):
+        os.utime(f, (old, old))
+    carry.save()
+    packed = tar.stat().st_mtime
+    os.utime(tar, (packed - 10, packed - 10))  # so that a rewrite would show
+    carry.save()
+    assert tar.stat().st_mtime == packed - 10
+
+    (run / "buffer.npz").write_bytes(b"next buffer")   # the trainer is between buffer and checkpoint
+    sleeps = []
+
+    def sleep(s):  # the checkpoint lands during the wait
+        sleeps.append(s)
+        (run / "checkpoint.pt").write_bytes(b"next weights")
+    monkeypatch.setattr(carry.time, "sleep", sleep)
+    carry.save()
+    assert sleeps == [1]
+    shutil.rmtree(tmp_path / "runs")
+    carry.restore()
+    assert (run / "checkpoint.pt").read_bytes() == b"next weights"
+    assert (run / "buffer.npz").read_bytes() == b"next buffer"
+
+
+def test_keep_saves_periodically(carry, tmp_path, monkeypatch):
+    make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
+    calls = []
+
+    def sleep(s):
+        calls.append(s)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(carry.time, "sleep", sleep)
+    with pytest.raises(KeyboardInterrupt):
+        carry.keep(1800)
+    assert calls == [1800, 1800]
+    assert (carry.CARRY / "cpu__finger-spin__difftop__seed1.tar").is_file()
+
+
+
+def test_a_second_keeper_waits_and_takes_over_when_the_first_ends(carry, tmp_path, monkeypatch):
+    """Each lane of results/continue.sh starts a keeper: one saves, the other waits for its lock."""
+    import fcntl
+    import threading
+    (tmp_path / "runs" / "locks").mkdir(parents=True)
+    sleeps = []
+
+    class Stop(Exception):
+        pass
+
+    def sleep(s):
+        sleeps.append(s)
+        raise Stop
+    monkeypatch.setattr(carry.time, "sleep", sleep)
+
+    def second():
+        with pytest.raises(Stop):
+            carry.keep(1800)
+    with open(tmp_path / "runs" / "locks" / "keep.lock", "w") as first:
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)          # the other lane's keeper
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and sleeps == []                      # waiting, not saving
+    t.join(5)                                                     # the first keeper is gone
+    assert not t.is_alive() and sleeps == [1800]
