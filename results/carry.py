@@ -114,12 +114,12 @@ def save() -> None:
             done = tar_name(run)
             if done.is_file() and all(f.stat().st_mtime < done.stat().st_mtime for f in packed_files(run)):
                 continue  # nothing changed since it was packed (a periodic save rewrites only what did)
-            tmp = tar_name(run).with_suffix(".tmp")
+            tmp = done.with_suffix(".tmp")
             with tarfile.open(tmp, "w") as tar:
                 for f in packed_files(run):
                     tar.add(f, arcname=str(f.relative_to(run)))
-            tmp.replace(tar_name(run))
-            print(f"saved {run.relative_to(ROOT)} ({tar_name(run).stat().st_size / 1e6:.1f} MB)")
+            tmp.replace(done)
+            print(f"saved {run.relative_to(ROOT)} ({done.stat().st_size / 1e6:.1f} MB)")
     for old in CARRY.glob("*.tar"):
         if old not in wanted and not needed(run_of(old)):  # a run missing from runs/ keeps its tarball
             old.unlink()

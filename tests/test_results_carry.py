@@ -143,7 +143,6 @@ def test_keep_saves_periodically(carry, tmp_path, monkeypatch):
     assert (carry.CARRY / "cpu__finger-spin__difftop__seed1.tar").is_file()
 
 
-
 def test_a_second_keeper_waits_and_takes_over_when_the_first_ends(carry, tmp_path, monkeypatch):
     """Each lane of results/continue.sh starts a keeper: one saves, the other waits for its lock."""
     import fcntl
