@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fcntl
+import functools
 import io
 import tarfile
 import time
@@ -97,6 +98,25 @@ def mid_checkpoint(run: Path) -> bool:
     return buf.is_file() and buf.stat().st_mtime > ckpt.stat().st_mtime
 
 
+def lock_file(name: str):
+    """An open file under runs/locks/ for fcntl.flock (runs/ may not exist yet on a fresh machine)."""
+    locks = ROOT / "runs" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return open(locks / name, "w")
+
+
+def exclusive(fn):
+    """Run `fn` holding runs/locks/carry.lock: both lanes restore at start, and the keeper's periodic
+    save may meet a session's final save; two of them must not write one tarball or run at once."""
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with lock_file("carry.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return fn(*args, **kwargs)
+    return locked
+
+
+@exclusive
 def save() -> None:
     CARRY.mkdir(parents=True, exist_ok=True)
     wanted = set()
@@ -112,7 +132,8 @@ def save() -> None:
                 print(f"kept the last tarball of {run.relative_to(ROOT)}: it is still writing a checkpoint")
                 continue
             done = tar_name(run)
-            if done.is_file() and all(f.stat().st_mtime < done.stat().st_mtime for f in packed_files(run)):
+            packed_at = done.stat().st_mtime if done.is_file() else float("-inf")
+            if all(f.stat().st_mtime < packed_at for f in packed_files(run)):
                 continue  # nothing changed since it was packed (a periodic save rewrites only what did)
             tmp = done.with_suffix(".tmp")
             with tarfile.open(tmp, "w") as tar:
@@ -126,6 +147,7 @@ def save() -> None:
             print(f"dropped {old.name}: its run is finished")
 
 
+@exclusive
 def restore() -> None:
     for tar_path in sorted(CARRY.glob("*.tar")):
         run = run_of(tar_path)
@@ -148,15 +170,11 @@ def keep(every: float) -> None:
     """`save` every `every` seconds, for as long as the lanes run (results/continue.sh starts it): a
     session cut off before its final save then still leaves recent tarballs in results/carry/. Both
     lanes start one; the second waits on a lock and takes over when the first lane ends."""
-    locks = ROOT / "runs" / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / "keep.lock", "w") as lock:
+    with lock_file("keep.lock") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         while True:
             time.sleep(every)
-            with open(locks / "carry.lock", "w") as save_lock:  # also taken by continue.sh's restore
-                fcntl.flock(save_lock, fcntl.LOCK_EX)
-                save()
+            save()
 
 
 if __name__ == "__main__":

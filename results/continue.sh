@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p runs/logs runs/locks
 # A fresh machine has no runs/: unpack the resume state of unfinished runs that the last session saved
-# (results/carry.py; under a lock, as both lanes start with this)
-flock runs/locks/carry.lock .venv/bin/python results/carry.py restore
+# (results/carry.py; it takes a lock, as both lanes start with this)
+.venv/bin/python results/carry.py restore
 # ... and while the lanes run, save it every 30 min, so that a session cut off before its final
 # `carry.py save` still leaves recent tarballs behind (one lane's keeper saves; the other's waits on a
 # lock and takes over when that lane ends)

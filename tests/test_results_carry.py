@@ -169,3 +169,18 @@ def test_a_second_keeper_waits_and_takes_over_when_the_first_ends(carry, tmp_pat
         assert t.is_alive() and sleeps == []                      # waiting, not saving
     t.join(5)                                                     # the first keeper is gone
     assert not t.is_alive() and sleeps == [1800]
+
+
+def test_save_waits_for_a_save_or_restore_in_progress(carry, tmp_path):
+    """The keeper's periodic save may meet a session's final save or a lane's restore: one at a time."""
+    import fcntl
+    import threading
+    make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
+    with carry.lock_file("carry.lock") as other:                  # another save or restore
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        t = threading.Thread(target=carry.save)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not carry.CARRY.exists()
+    t.join(5)
+    assert not t.is_alive() and (carry.CARRY / "cpu__finger-spin__difftop__seed1.tar").is_file()
