@@ -250,6 +250,9 @@ class TheseusSolver:
         self.last_best_actions: torch.Tensor | None = None
         self.broken = False  # set when Theseus raised during a call
         self._user_error = False
+        # the DAMPED warning, once per layer: Python's own once-per-location dedup does not hold here
+        # (every call's catch_warnings() resets it), so a run acting with Theseus warned on every step
+        self._warned_damped = False
 
         # every variable in the requested dtype before the optimizer copies them
         actions = th.Vector(dof=n, name="actions", dtype=dtype)
@@ -418,11 +421,12 @@ class TheseusSolver:
         value, gnorm = _value_and_grad_norm(objective, actions.detach(), low, high, clamp_in_cost=self._clamp)
         converged = torch.isfinite(gnorm) & (gnorm <= tol)
         status |= torch.where(converged.cpu(), OK, NOT_CONVERGED)
-        if bool((status & DAMPED).any()) and th_info is not None:
+        if bool((status & DAMPED).any()) and th_info is not None and not self._warned_damped:
+            self._warned_damped = True
             warnings.warn(
                 f"Theseus LM: {(status & DAMPED).ne(0).sum().item()}/{B} samples had a non positive-"
                 "definite system (float rounding); they were solved with an extra diagonal shift "
-                "(status DAMPED).",
+                "(status DAMPED; later solves of this shape flag it in info.status without a warning).",
                 RuntimeWarning,
                 stacklevel=3,
             )

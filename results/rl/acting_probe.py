@@ -19,6 +19,16 @@ MPPI's sampling escapes). Swapping the acting method on one model separates the 
     .venv/bin/python results/rl/acting_probe.py runs/cpu/cartpole-swingup/{tdmpc,difftop}/seed1 \
         --modes mppi solve --episodes 5 --actions
 
+``--set trajopt.max_iters=2`` (any dotted config key) changes how ``solve`` acts, and every ``solve`` row
+also says what the solve did to the objectives, per acting step: ``dJ``, the learned objective (the
+reward + terminal Q that the solve maximises) at a* minus at pi's rollout, its warm start; ``dQs``, the
+state critic Q_s (trained by TD on real transitions, never an input of the solve) at a*_0 minus at
+pi's first action; ``|da0|``, how far the executed action moved from pi's. A solve that raises dJ while
+Q_s falls is climbing errors of the learned objective:
+
+    .venv/bin/python results/rl/acting_probe.py runs/probes/finger-spin-difftop-s1-60k --modes solve \
+        --episodes 5 --set trajopt.max_iters=2
+
 ``--actions`` asks instead how hard each method pushes once the task is done: over the second half of
 each episode (on cartpole-swingup the pole is up and balanced by then), the mean |a|, the mean a^2
 (cartpole's reward is multiplied by (4 + 1 - a^2) / 5, so an agent that balances with large actions
@@ -41,10 +51,36 @@ from difftop.rl.trainer import build, evaluate
 
 
 class _Acting:
-    """``act_batch`` of one acting method over an agent's model (what ``trainer.evaluate`` calls)."""
+    """``act_batch`` of one acting method over an agent's model (what ``trainer.evaluate`` calls);
+    in ``solve`` mode it also keeps, per acting step, dJ, dQs and |da0| (module docstring)."""
 
     def __init__(self, agent, mode: str):
         self.agent, self.mode = agent, mode
+        self.dJ: list[np.ndarray] = []
+        self.dQs: list[np.ndarray] = []
+        self.da0: list[np.ndarray] = []
+
+    def _solve(self, obs: np.ndarray, step: int) -> np.ndarray:
+        a = self.agent
+        with torch.no_grad():
+            obs_t = torch.as_tensor(np.asarray(obs), device=a.device)
+            z0 = a.model.h(obs_t)
+            init = a._init_actions(z0, a.planning_horizon(step) + 1, explore=False)
+            sol, _ = a.trajopt(a.objective(z0), init)
+            J = a.objective(z0)
+            self.dJ.append((J(sol) - J(init)).cpu().numpy())
+            qs = [torch.min(*a.critic(obs_t, x[:, 0])).squeeze(-1) for x in (sol, init)]
+            self.dQs.append((qs[0] - qs[1]).cpu().numpy())
+            self.da0.append((sol[:, 0] - init[:, 0]).norm(dim=-1).cpu().numpy())
+            return a._finite(sol[:, 0])
+
+    def summary(self) -> str:
+        """``dJ | dQs | |da0| | share of steps with dJ > 0 and dQs < 0`` columns (``-`` unless solve)."""
+        if not self.dJ:
+            return "- | - | - | -"
+        dJ, dQs, da0 = (np.concatenate(x) for x in (self.dJ, self.dQs, self.da0))
+        return (f"{dJ.mean():+.3f} | {dQs.mean():+.3f} | {da0.mean():.3f} | "
+                f"{((dJ > 0) & (dQs < 0)).mean():.2f}")
 
     def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:
         a = self.agent
@@ -53,21 +89,26 @@ class _Acting:
         if self.mode == "pi":
             with torch.no_grad():
                 return a._finite(a.model.pi(a.model.h(torch.as_tensor(np.asarray(obs), device=a.device))))
-        return a.act_batch(obs, step=step, t0=t0)  # solve: a DiffTOP agent's own acting
+        return self._solve(obs, step)  # solve: a DiffTOP agent's own acting (act_batch), measured
 
 
-def agent_for(run: str, mode: str, seed: int, episodes: int):
-    """(run config, agent step, agent holding the run's trained model and able to act by ``mode``, its
-    ``episodes`` evaluation envs), built after ``torch.manual_seed(seed)``."""
+def agent_for(run: str, mode: str, seed: int, episodes: int, overrides: list[str] = ()):
+    """(run config, agent step, agent holding the run's trained model (and Q_s critic, if it has one)
+    and able to act by ``mode``, its ``episodes`` evaluation envs), built after
+    ``torch.manual_seed(seed)``; ``overrides``: ``key=value`` dotlist applied to the run's config."""
     state = torch.load(Path(run) / "checkpoint.pt", weights_only=False, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
     cfg.device = "cpu"
     if mode == "solve" and cfg.agent == "tdmpc":  # DiffTOP's acting on TD-MPC's model
         current = OmegaConf.load(Path(__file__).resolve().parents[2] / "difftop/configs/rl.yaml")
         cfg.agent, cfg.trajopt = "difftop", current.trajopt
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     torch.manual_seed(seed)
     _, envs, agent = build(cfg, eval_episodes=episodes)
-    agent.model.load_state_dict(state["agent"]["modules"]["model"])
+    modules = state["agent"]["modules"]
+    agent.model.load_state_dict(modules["model"])
+    if "critic" in modules and hasattr(agent, "critic"):
+        agent.critic.load_state_dict(modules["critic"])
     return cfg, int(state["agent_step"]), agent, envs
 
 
@@ -123,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", type=int, nargs="*", default=None,
                     help="instead: print every 25th step of these env seeds (finger-target distance, joint "
                          "angles, action, the latent min Q) for reacher runs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the acting, e.g. trajopt.max_iters=2 trajopt.solver=theseus")
     ap.add_argument("--actions", action="store_true",
                     help="instead: action statistics over the second half of each episode")
     args = ap.parse_args(argv)
@@ -140,16 +183,21 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 trace(run, mode, args.trace)
         return 0
-    print(f"| run | acting | mean +- std | episodes < 50 | returns (env seeds {args.seed}..) | s |")
-    print("|---|---|---|---|---|---|")
+    if args.set:
+        print(f"overrides: {' '.join(args.set)}\n")
+    print(f"| run | acting | mean +- std | episodes < 50 | returns (env seeds {args.seed}..) | s "
+          "| dJ | dQs | abs(da0) | dJ > 0, dQs < 0 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         for mode in args.modes:
-            _, step, agent, envs = agent_for(run, mode, args.seed, args.episodes)
+            _, step, agent, envs = agent_for(run, mode, args.seed, args.episodes, args.set)
+            acting = _Acting(agent, mode)
             t0 = time.perf_counter()
-            returns, _ = evaluate(_Acting(agent, mode), envs, args.episodes, step, args.seed)
+            returns, _ = evaluate(acting, envs, args.episodes, step, args.seed)
             r = np.array(returns)
             print(f"| {run} | {mode} | {r.mean():.1f} +- {r.std():.1f} | {int((r < 50).sum())} | "
-                  f"{' '.join(f'{x:.0f}' for x in r)} | {time.perf_counter() - t0:.0f} |", flush=True)
+                  f"{' '.join(f'{x:.0f}' for x in r)} | {time.perf_counter() - t0:.0f} | "
+                  f"{acting.summary()} |", flush=True)
     return 0
 
 

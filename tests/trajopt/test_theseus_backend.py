@@ -196,6 +196,10 @@ def test_official_reference_raises_where_backend_damps():
     assert not info.failed.any()
     a.sum().backward()
     assert torch.isfinite(w.grad)
+    with warnings.catch_warnings():  # the warning comes once per layer; the flag every time
+        warnings.simplefilter("error")
+        _, info = solve_theseus(objective, init)
+    assert info.flagged(DAMPED).any()
 
 
 def test_official_config_batch256_float32_mlp_does_not_raise():
