@@ -132,6 +132,11 @@ def save() -> None:
                 print(f"kept the last tarball of {run.relative_to(ROOT)}: it is still writing a checkpoint")
                 continue
             done = tar_name(run)
+            if done.is_file() and finished(run):
+                # a finished base kept for its dependents: its checkpoint is final, and each dependent
+                # that opens it rewrites its config, CSVs and an empty TensorBoard file, which would
+                # otherwise repack (and commit again) ~72 MB of Diffusion weights every session
+                continue
             packed_at = done.stat().st_mtime if done.is_file() else float("-inf")
             if all(f.stat().st_mtime < packed_at for f in packed_files(run)):
                 continue  # nothing changed since it was packed (a periodic save rewrites only what did)

@@ -128,6 +128,24 @@ def test_save_repacks_only_what_changed_and_waits_for_a_checkpoint_being_written
     assert (run / "buffer.npz").read_bytes() == b"next buffer"
 
 
+
+def test_a_finished_base_is_packed_once(carry, tmp_path):
+    """A dependent that opens a finished base rewrites its config and CSVs: its ~72 MB tarball must
+    not be repacked (and committed again) for that, as the weights in it are final."""
+    il = "il/pusht/state-cpu"
+    base = make_run(tmp_path, f"{il}/diffusion/seed2", 20_000, collected=True)
+    make_run(tmp_path, f"{il}/difftop_diffusion/seed2", 10_000)
+    carry.save()
+    tar = carry.CARRY / "il__pusht__state-cpu__diffusion__seed2.tar"
+    before = tar.read_bytes()
+    (base / "config.yaml").write_text("opened again")
+    (base / "tb" / "events.2").write_text("")
+    carry.save()
+    assert tar.read_bytes() == before
+    tar.unlink()  # without a tarball, it is packed
+    carry.save()
+    assert tar.is_file()
+
 def test_keep_saves_periodically(carry, tmp_path, monkeypatch):
     make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
     calls = []
