@@ -128,7 +128,6 @@ def test_save_repacks_only_what_changed_and_waits_for_a_checkpoint_being_written
     assert (run / "buffer.npz").read_bytes() == b"next buffer"
 
 
-
 def test_a_finished_base_is_packed_once(carry, tmp_path):
     """A dependent that opens a finished base rewrites its config and CSVs: its ~72 MB tarball must
     not be repacked (and committed again) for that, as the weights in it are final."""
@@ -145,6 +144,7 @@ def test_a_finished_base_is_packed_once(carry, tmp_path):
     tar.unlink()  # without a tarball, it is packed
     carry.save()
     assert tar.is_file()
+
 
 def test_keep_saves_periodically(carry, tmp_path, monkeypatch):
     make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
