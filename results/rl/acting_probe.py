@@ -66,8 +66,8 @@ class _Acting:
             obs_t = torch.as_tensor(np.asarray(obs), device=a.device)
             z0 = a.model.h(obs_t)
             init = a._init_actions(z0, a.planning_horizon(step) + 1, explore=False)
-            sol, _ = a.trajopt(a.objective(z0), init)
             J = a.objective(z0)
+            sol, _ = a.trajopt(J, init)
             self.dJ.append((J(sol) - J(init)).cpu().numpy())
             qs = [torch.min(*a.critic(obs_t, x[:, 0])).squeeze(-1) for x in (sol, init)]
             self.dQs.append((qs[0] - qs[1]).cpu().numpy())
