@@ -339,12 +339,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     def wall() -> float:
         return wall_offset + time.time() - start
 
-    def checkpoint() -> None:
+    def checkpoint(eval_pending: bool = False) -> None:
+        """``eval_pending``: saved just before a rollout evaluation, so that an evaluation cut off (a
+        session's end; IBC's take ~30 min) costs only itself: resume runs it first, then trains on."""
         save_checkpoint(out / "checkpoint.pt", {
             "kind": "il", "config": OmegaConf.to_container(cfg), "spec": spec, "policy": policy.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "rng": _rng_state(sampler), "step": step, "wall_time": wall(),
-            "skipped": skipped, "last_eval": last_eval, "n_train_episodes": len(train_ds.episodes)})
+            "skipped": skipped, "last_eval": last_eval, "n_train_episodes": len(train_ds.episodes),
+            "eval_pending": eval_pending})
 
     def run_eval() -> None:
         nonlocal last_eval
@@ -366,6 +369,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     policy.train()
     try:
         if state is None and step >= cfg.steps:  # steps=0: nothing to train, evaluate and save as it is
+            run_eval()
+            checkpoint()
+        elif state is not None and state.get("eval_pending"):  # the evaluation this checkpoint was saved for
             run_eval()
             checkpoint()
         while step < cfg.steps:
@@ -406,9 +412,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.val_every and len(val_ds) and (step % cfg.val_every == 0 or step == cfg.steps):
                 bar.note("validating")
                 logger.log("val", {"step": step, "wall_time": wall(), **_validate(evaluator, val_ds, cfg)})
-            if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            evaluating = bool(cfg.eval_episodes) and (step == cfg.steps
+                                                      or bool(cfg.eval_every) and step % cfg.eval_every == 0)
+            if evaluating:
+                checkpoint(eval_pending=True)
                 run_eval()
-            if step == cfg.steps or step % ckpt_every == 0:
+            if evaluating or step == cfg.steps or step % ckpt_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
         bar.close()

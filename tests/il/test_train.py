@@ -162,6 +162,38 @@ def test_resume_continues_the_run_exactly(data, tmp_path):
     assert _rows(part / "train.csv")[-1]["loss"] == _rows(full / "train.csv")[-1]["loss"]
 
 
+def test_an_evaluation_cut_off_is_run_on_resume_without_training_again(data, tmp_path, monkeypatch):
+    """The checkpoint saved before an evaluation keeps the training before it: resume evaluates first."""
+    import difftop.il.train as train
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    extra = ["eval_every=2", "checkpoint_every=100"]
+    assert _il(data, full, "bc", *extra) == 0
+    real, calls = train._evaluate, []
+
+    def cut_off_at_step_4(policy, cfg, step, out):
+        calls.append(step)
+        if step == 4:
+            raise KeyboardInterrupt  # the session ends during the last evaluation
+        return real(policy, cfg, step, out)
+
+    monkeypatch.setattr(train, "_evaluate", cut_off_at_step_4)
+    assert _il(data, part, "bc", *extra) == 130
+    ck = load_checkpoint(part / "checkpoint.pt")
+    assert ck["step"] == 4 and ck["eval_pending"] and calls == [2, 4]
+    assert [r["step"] for r in _rows(part / "eval.csv")] == ["2"]
+    monkeypatch.setattr(train, "_evaluate", real)
+    assert _il(data, part, "bc", *extra, "resume=true") == 0
+    ck, ref = load_checkpoint(part / "checkpoint.pt"), load_checkpoint(full / "checkpoint.pt")
+    assert ck["step"] == 4 and not ck["eval_pending"] and ck["last_eval"] == ref["last_eval"]
+    for k in ref["policy"]:
+        assert torch.equal(ck["policy"][k], ref["policy"][k]), k
+    assert [r["step"] for r in _rows(part / "eval.csv")] == ["2", "4"]
+    cov = [_rows(run / "eval.csv")[1]["mean_max_coverage"] for run in (part, full)]
+    assert cov[0] == cov[1]
+    assert [r["step"] for r in _rows(part / "train.csv")] == ["2", "4"]  # no step trained twice
+
+
 def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
     capsys.readouterr()
     assert _il(tmp_path / "missing.zarr", tmp_path / "a", "bc") == 2
