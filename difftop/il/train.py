@@ -330,8 +330,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                   f"{time.time() - t0:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    # a pending evaluation runs again first: drop its row if the cut-off run had already logged it
+    redo = ("eval",) if state is not None and state.get("eval_pending") else ()
     logger = RunLogger(out, tensorboard=cfg.tensorboard, resume_step=step if state is not None else None,
-                       step_key="step")
+                       step_key="step", redo=redo)
     ckpt_every = int(cfg.checkpoint_every or cfg.eval_every or cfg.steps or 1)
     start = time.time()
     evaluator = ema if ema is not None else policy

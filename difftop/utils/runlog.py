@@ -17,7 +17,10 @@ __all__ = ["RunLogger"]
 
 class RunLogger:
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None,
-                 step_key: str = "env_step"):
+                 step_key: str = "env_step", redo: tuple[str, ...] = ()):
+        """``resume_step``: drop the rows a resumed run will log again (those past its checkpoint), so a
+        CSV never holds a step twice. ``redo``: categories whose row *at* ``resume_step`` is logged again
+        too (an evaluation the checkpoint was saved before, which a cut-off run may have logged)."""
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.step_key = step_key
@@ -26,7 +29,8 @@ class RunLogger:
             rows = self._read(path)
             if resume_step is None:
                 continue
-            keep = [r for r in rows if _num(r.get(step_key)) <= resume_step]
+            last = resume_step - 1 if path.stem in redo else resume_step
+            keep = [r for r in rows if _num(r.get(step_key)) <= last]
             self._write(path, list(rows[0].keys()) if rows else [], keep)
         self.tb = None
         if tensorboard:

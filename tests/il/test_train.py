@@ -194,6 +194,30 @@ def test_an_evaluation_cut_off_is_run_on_resume_without_training_again(data, tmp
     assert [r["step"] for r in _rows(part / "train.csv")] == ["2", "4"]  # no step trained twice
 
 
+def test_an_evaluation_logged_but_not_checkpointed_is_not_logged_twice(data, tmp_path, monkeypatch):
+    """Cut off between an evaluation's CSV row and the checkpoint after it: resume evaluates again
+    (the checkpoint still says eval_pending) and eval.csv keeps one row for that step."""
+    import difftop.il.train as train
+
+    extra = ["eval_every=2", "checkpoint_every=100"]
+    real = train.save_checkpoint
+
+    def cut_off_after_step_4_eval(path, state):
+        if state["step"] == 4 and not state["eval_pending"]:
+            raise KeyboardInterrupt  # the evaluation's row is written, its checkpoint is not
+        real(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", cut_off_after_step_4_eval)
+    assert _il(data, tmp_path, "bc", *extra) == 130
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["eval_pending"]
+    assert [r["step"] for r in _rows(tmp_path / "eval.csv")] == ["2", "4"]
+    monkeypatch.setattr(train, "save_checkpoint", real)
+    assert _il(data, tmp_path, "bc", *extra, "resume=true") == 0
+    assert not load_checkpoint(tmp_path / "checkpoint.pt")["eval_pending"]
+    assert [r["step"] for r in _rows(tmp_path / "eval.csv")] == ["2", "4"]
+    assert [r["step"] for r in _rows(tmp_path / "train.csv")] == ["2", "4"]
+
+
 def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
     capsys.readouterr()
     assert _il(tmp_path / "missing.zarr", tmp_path / "a", "bc") == 2
