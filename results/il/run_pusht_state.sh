@@ -64,11 +64,11 @@ train() {
   # IBC's derivative-free evaluation takes ~35 min per 50 episodes on this CPU: every 10k steps only
   # (the tables use the last evaluation, at 20k, as for every policy)
   # (and a checkpoint every 2k steps, so that a session's end does not throw away up to 10k steps)
-  every=5000 ckpt=5000
-  [ "$run" = ibc ] && every=10000 ckpt=2000
+  every=5000
+  [ "$run" = ibc ] && every=10000 args="$args checkpoint_every=2000"
   # shellcheck disable=SC2086  # args: space-separated key=value words
   .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \
-    $args steps=$steps eval_every=$every checkpoint_every=$ckpt eval_episodes=50 progress=false resume=true \
+    $args steps=$steps eval_every=$every eval_episodes=50 progress=false resume=true \
     out_dir="$root/$run/seed$seed"
 }
 for seed in $SEEDS; do for run in $RUNS; do train "$run" "$seed"; done; done
