@@ -33,7 +33,7 @@ from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_chec
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
 from difftop.utils.runlog import RunLogger
-from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
+from difftop.utils.runstate import Progress, finished_run, global_rng_state, open_run, set_global_rng_state
 
 __all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
 
@@ -260,6 +260,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     cfg, state = _open_run(resolve_config(cfg))
     out = Path(cfg.out_dir)
+    if state is not None and finished_run(out, int(state["step"]), int(cfg.steps),
+                                          bool(state.get("eval_pending"))):
+        return {"out_dir": str(out), "step": int(state["step"]), "skipped": int(state.get("skipped", 0)),
+                "last_eval": state.get("last_eval"), "wall_time": float(state["wall_time"])}
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     random.seed(cfg.seed)

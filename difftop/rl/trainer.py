@@ -33,7 +33,7 @@ from difftop.utils.checkpoint import save_checkpoint
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
 from difftop.utils.runlog import RunLogger
-from difftop.utils.runstate import Progress, global_rng_state, open_run, set_global_rng_state
+from difftop.utils.runstate import Progress, finished_run, global_rng_state, open_run, set_global_rng_state
 from difftop.utils.video import save_video
 
 __all__ = ["main", "resolve_config", "train", "evaluate", "build"]
@@ -157,6 +157,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                            "checkpoint_every", "checkpoint_minutes", "device", "label"))
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
+    if state is not None and finished_run(out, int(state["env_step"]), int(cfg.steps),
+                                          bool(state.get("pending"))):
+        return {"out_dir": str(out), "env_step": int(state["env_step"]), "episodes": int(state["episode"]),
+                "last_eval": state.get("last_eval"), "wall_time": float(state["wall_time"])}
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Progress", "global_rng_state", "set_global_rng_state"]
+__all__ = ["Progress", "finished_run", "global_rng_state", "open_run", "set_global_rng_state"]
 
 
 def global_rng_state() -> dict:
@@ -83,3 +83,14 @@ def open_run(cfg, kind: str, same_keys, overridable):
     for key in (*overridable, "out_dir"):
         saved[key] = cfg[key]
     return saved, state
+
+
+def finished_run(out_dir, done: int, steps: int, unfinished_work: bool) -> bool:
+    """True (and says so) when a resumed run has nothing left to do: it reached ``steps`` and owes no
+    evaluation or update. Such a run is left untouched - its config.yaml, logs and checkpoint stay as
+    it trained - so that re-running a job script (maybe with other reporting keys) changes nothing."""
+    if done < steps or unfinished_work:
+        return False
+    print(f"{out_dir} is finished ({done} of steps={steps} done); nothing to do, nothing rewritten "
+          f"(pass a larger steps= to train on)")
+    return True

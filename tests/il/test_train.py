@@ -162,6 +162,22 @@ def test_resume_continues_the_run_exactly(data, tmp_path):
     assert _rows(part / "train.csv")[-1]["loss"] == _rows(full / "train.csv")[-1]["loss"]
 
 
+def test_resuming_a_finished_run_rewrites_nothing(data, tmp_path, capsys):
+    """A job script re-run over finished runs (maybe with other reporting keys) must leave them as they
+    trained: config.yaml, checkpoint and logs byte for byte."""
+    out = tmp_path / "run"
+    assert _il(data, out, "bc", "checkpoint_every=2") == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"config.yaml", "checkpoint.pt", "train.csv", "eval.csv"} <= set(files)
+    capsys.readouterr()
+    assert _il(data, out, "bc", "checkpoint_every=3", "eval_episodes=2", "resume=true") == 0
+    assert "is finished (4 of steps=4 done); nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    assert _il(data, out, "bc", "steps=6", "resume=true") == 0  # a larger steps= trains on
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
+    assert "steps: 6" in (out / "config.yaml").read_text()
+
+
 def test_an_evaluation_cut_off_is_run_on_resume_without_training_again(data, tmp_path, monkeypatch):
     """The checkpoint saved before an evaluation keeps the training before it: resume evaluates first."""
     import difftop.il.train as train

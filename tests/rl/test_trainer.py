@@ -76,6 +76,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
                            ("wall_time", "env_steps_per_s")} for r in rows]
     assert strip(_rows(tmp_path / "full" / "eval.csv")) == strip(_rows(tmp_path / "moved" / "eval.csv"))
     assert strip(_rows(tmp_path / "full" / "train.csv")) == strip(_rows(tmp_path / "moved" / "train.csv"))
+    # resuming the finished run again (other reporting keys) leaves every file as it was
+    files = {p.name: p.read_bytes() for p in (tmp_path / "moved").iterdir() if p.is_file()}
+    assert _run(tmp_path / "moved", "steps=600", "resume=true", "checkpoint_every=100", *args) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "moved").iterdir() if p.is_file()} == files
 
 
 def test_eval_command_and_its_errors(tmp_path, capsys):
