@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> dict:
             raise UserError(f"unknown rl_preset {cfg.rl_preset!r}; choose one of: {', '.join(names)}")
         preset = OmegaConf.load(path)
         base = OmegaConf.merge(base, preset)
-    base = OmegaConf.merge(base, {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed, "device": "cpu"},
+    base = OmegaConf.merge(base, {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed,
+                                  "device": cfg.get("device", "cpu")},
                            OmegaConf.from_dotlist(list(cfg.overrides)))
     rcfg = resolve_config(base)
     env = make_env(rcfg.task, rcfg.obs, seed=cfg.seed, action_repeat=rcfg.action_repeat,
@@ -61,7 +62,8 @@ def main(cfg: DictConfig) -> dict:
     L = rcfg.episode_length // rcfg.action_repeat
     obs_shape, m = env.observation_space.shape, env.action_space.shape[0]
     rng = np.random.default_rng(cfg.seed)
-    buffer = ReplayBuffer(obs_shape, m, L, cfg.buffer_episodes * L, rcfg.horizon, pixels=rcfg.obs == "pixels")
+    buffer = ReplayBuffer(obs_shape, m, L, cfg.buffer_episodes * L, rcfg.horizon, pixels=rcfg.obs == "pixels",
+                          device=rcfg.buffer_device)
     observations = []
     for ep in range(cfg.buffer_episodes):
         o, _ = env.reset(seed=ep)
@@ -77,7 +79,8 @@ def main(cfg: DictConfig) -> dict:
     agents = {}
     for name in rows:
         torch.manual_seed(cfg.seed)
-        agents[name] = make_agent(resolve_config(OmegaConf.merge(rcfg, ROWS[name])), obs_shape, m, "cpu")
+        agents[name] = make_agent(resolve_config(OmegaConf.merge(rcfg, ROWS[name])), obs_shape, m,
+                                  rcfg.device)
     step = 10**6  # schedules at their end values: full horizon
     times: dict[str, list[float]] = {r: [] for r in rows}
     for rnd in range(cfg.warmup + cfg.rounds):
@@ -102,7 +105,8 @@ def main(cfg: DictConfig) -> dict:
                       "ratio_vs_tdmpc": (ref / med) if ref else float("nan"), "n": len(times[name])})
     header = (f"# bench rl: {rcfg.task} ({rcfg.obs}), rl_preset={cfg.rl_preset}, batch {rcfg.batch_size}, "
               f"mlp {rcfg.mlp_dim}, action repeat {rcfg.action_repeat}, threads {torch.get_num_threads()}, "
-              f"{platform.processor() or platform.machine()}")
+              f"{platform.processor() or platform.machine()}"
+              + (f", {torch.cuda.get_device_name(rcfg.device)}" if rcfg.device.startswith("cuda") else ""))
     lines = [header, "", "| agent | ms / agent step | env steps / s | ratio vs TD-MPC |", "|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['row']} | {r['ms_per_agent_step']:.0f} | {r['env_steps_per_s']:.1f} | "

@@ -9,6 +9,13 @@ Pixels: only the newest RGB frame of each observation is stored (the frame stack
 sampling time by index arithmetic, clamping at the first frame of the episode, exactly as the
 environment wrapper fills its stack at reset), which cuts memory by the stack size.
 
+Storage device: frames, actions and rewards live as torch tensors on ``device`` (TD-MPC keeps its
+buffer on the GPU too). On a GPU this is what makes pixel training fast: a pixel minibatch is
+(H+1) x B x 9 x 84 x 84 values (98 M for B=256, H=5), and gathering it with numpy on the host took
+~400 ms per update on our CPU and left four H200 runs stuck in their first 5,000 updates for 7 min
+(results/rl/gpu/README.md); gathered on the GPU it is one indexing kernel. Priorities stay in numpy
+(small, and ``rng.choice`` draws from them).
+
 Sampling follows TD-MPC: start indices drawn without replacement with probability
 ``p_i^alpha / sum p^alpha``; importance weights ``(N * P(i))^-beta`` normalised by their max;
 new episodes enter at the current max priority; priorities are updated from the TD errors.
@@ -47,10 +54,12 @@ class ReplayBuffer:
         horizon: sub-trajectory length H (actions per sample).
         pixels: store uint8 frames and rebuild stacks of ``obs_shape[0] // 3`` frames.
         alpha, beta: PER exponents (TD-MPC: 0.6, 0.4). ``alpha = 0`` is uniform sampling.
+        device: where the stored episodes live and minibatches are assembled (``cpu`` or ``cuda``).
     """
 
     def __init__(self, obs_shape, action_dim: int, episode_length: int, capacity: int, horizon: int,
-                 *, pixels: bool = False, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6):
+                 *, pixels: bool = False, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6,
+                 device: torch.device | str = "cpu"):
         if horizon >= episode_length:
             raise ValueError(f"horizon {horizon} must be < episode_length {episode_length}")
         self.obs_shape = tuple(int(s) for s in obs_shape)
@@ -61,17 +70,20 @@ class ReplayBuffer:
         self.alpha, self.beta, self.eps = float(alpha), float(beta), float(eps)
         self.capacity_episodes = max(1, -(-int(capacity) // self.L))
         n = self.capacity_episodes
+        self.device = torch.device(device)
+        # torch.empty: on the CPU a large buffer is only backed by memory as episodes arrive; slots
+        # are read only once written (sampling draws from the stored episodes alone)
         if self.pixels:
             c, h, w = self.obs_shape
             if c % 3:
                 raise ValueError(f"pixel observations must stack RGB frames, got {c} channels")
             self.frame_stack = c // 3
-            self._obs = np.zeros((n, self.L + 1, 3, h, w), dtype=np.uint8)
+            self._obs = torch.empty((n, self.L + 1, 3, h, w), dtype=torch.uint8, device=self.device)
         else:
             self.frame_stack = 1
-            self._obs = np.zeros((n, self.L + 1, *self.obs_shape), dtype=np.float32)
-        self._action = np.zeros((n, self.L, self.action_dim), dtype=np.float32)
-        self._reward = np.zeros((n, self.L), dtype=np.float32)
+            self._obs = torch.empty((n, self.L + 1, *self.obs_shape), dtype=torch.float32, device=self.device)
+        self._action = torch.zeros((n, self.L, self.action_dim), dtype=torch.float32, device=self.device)
+        self._reward = torch.zeros((n, self.L), dtype=torch.float32, device=self.device)
         self._priority = np.zeros((n, self.L), dtype=np.float64)
         self.num_episodes = 0  # episodes added so far (the write slot is num_episodes % n)
 
@@ -95,20 +107,24 @@ class ReplayBuffer:
         slot = self.num_episodes % self.capacity_episodes
         max_p = self._priority[: self.num_stored].max() if self.num_stored else 0.0
         max_p = max_p if max_p > 0 else 1.0
-        self._obs[slot] = obs[:, -3:] if self.pixels else obs
-        self._action[slot] = action
-        self._reward[slot] = reward
+        self._obs[slot] = self._tensor(obs[:, -3:] if self.pixels else obs, self._obs.dtype)
+        self._action[slot] = self._tensor(action, torch.float32)
+        self._reward[slot] = self._tensor(reward, torch.float32)
         self._priority[slot] = max_p
         self._priority[slot, self.L - self.horizon:] = 0.0  # no sequence may cross the episode end
         self.num_episodes += 1
 
+    def _tensor(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, dtype)
+
     # ----------------------------------------------------------------- sampling
-    def _stack(self, ep: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Observations at (episode, time) index arrays of equal shape -> (*shape, *obs_shape)."""
+    def _stack(self, ep: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Observations at (episode, time) index tensors of equal shape -> (*shape, *obs_shape), in the
+        stored dtype (pixels: uint8)."""
         if not self.pixels:
             return self._obs[ep, t]
         k = self.frame_stack
-        ts = np.clip(t[..., None] + np.arange(1 - k, 1), 0, None)  # (..., k)
+        ts = (t[..., None] + torch.arange(1 - k, 1, device=t.device)).clamp_(min=0)  # (..., k)
         frames = self._obs[ep[..., None], ts]  # (..., k, 3, h, w)
         return frames.reshape(*t.shape, *self.obs_shape)
 
@@ -129,11 +145,12 @@ class ReplayBuffer:
         weights = (probs.size * probs[idxs]) ** (-self.beta)
         weights /= weights.max()
         ep, t0 = np.divmod(idxs, self.L)
-        t = t0[None, :] + np.arange(H + 1)[:, None]  # (H+1, B)
-        epb = np.broadcast_to(ep, t.shape)
-        obs = torch.from_numpy(np.ascontiguousarray(self._stack(epb, t))).to(device, torch.float32)
-        action = torch.from_numpy(self._action[epb[:-1], t[:-1]]).to(device)
-        reward = torch.from_numpy(self._reward[epb[:-1], t[:-1]]).to(device).unsqueeze(-1)
+        t = torch.from_numpy(t0[None, :] + np.arange(H + 1)[:, None]).to(self.device)  # (H+1, B)
+        epb = torch.from_numpy(ep).to(self.device).expand_as(t)
+        # the stored dtype crosses devices (uint8 pixels: a quarter of the float32 bytes), then is cast
+        obs = self._stack(epb, t).to(device).float()
+        action = self._action[epb[:-1], t[:-1]].to(device)
+        reward = self._reward[epb[:-1], t[:-1]].to(device).unsqueeze(-1)
         return Batch(obs=obs, action=action, reward=reward, idxs=idxs,
                      weights=torch.as_tensor(weights, dtype=torch.float32, device=device))
 
@@ -150,7 +167,8 @@ class ReplayBuffer:
     def state_dict(self) -> dict:
         """Arrays of the stored episodes, in slot order, plus counters (for checkpoints)."""
         n = self.num_stored
-        return {"obs": self._obs[:n], "action": self._action[:n], "reward": self._reward[:n],
+        return {"obs": self._obs[:n].cpu().numpy(), "action": self._action[:n].cpu().numpy(),
+                "reward": self._reward[:n].cpu().numpy(),
                 "priority": self._priority[:n], "num_episodes": np.int64(self.num_episodes),
                 "meta": np.asarray([self.L, self.horizon, self.capacity_episodes, int(self.pixels)])}
 
@@ -162,8 +180,9 @@ class ReplayBuffer:
         if (L, hor, pix) != (self.L, self.horizon, int(self.pixels)):
             raise ValueError(f"replay buffer layout {(L, hor, pix)} (episode length, horizon, pixels) "
                              f"does not match this run's {(self.L, self.horizon, int(self.pixels))}")
-        if state["obs"].shape[1:] != self._obs.shape[1:]:
-            raise ValueError(f"replay obs shape {state['obs'].shape[1:]} != {self._obs.shape[1:]}")
+        if tuple(state["obs"].shape[1:]) != tuple(self._obs.shape[1:]):
+            raise ValueError(f"replay obs shape {tuple(state['obs'].shape[1:])} "
+                             f"!= {tuple(self._obs.shape[1:])}")
         n, total = len(state["action"]), int(state["num_episodes"])
         order = np.arange(n)
         if cap != self.capacity_episodes:
@@ -171,8 +190,10 @@ class ReplayBuffer:
             order = order[max(0, n - self.capacity_episodes):]
             total = len(order)
         k = len(order)
-        self._obs[:k], self._action[:k] = state["obs"][order], state["action"][order]
-        self._reward[:k], self._priority[:k] = state["reward"][order], state["priority"][order]
+        self._obs[:k] = self._tensor(np.asarray(state["obs"])[order], self._obs.dtype)
+        self._action[:k] = self._tensor(np.asarray(state["action"])[order], torch.float32)
+        self._reward[:k] = self._tensor(np.asarray(state["reward"])[order], torch.float32)
+        self._priority[:k] = state["priority"][order]
         self.num_episodes = total
 
     def save(self, path) -> None:

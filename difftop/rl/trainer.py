@@ -90,6 +90,8 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if mode not in ("memory", "exact"):
         raise UserError(f"trajopt.implicit_unconverged must be exact or memory, got {mode!r}")
     cfg.device = resolve_device(cfg.device)
+    bdev = cfg.get("buffer_device", "auto")
+    cfg.buffer_device = cfg.device if bdev in (None, "auto") else resolve_device(bdev, "buffer_device")
     return cfg
 
 
@@ -154,7 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, state = open_run(cfg, "rl",
                           ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"),
                           ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
-                           "checkpoint_every", "checkpoint_minutes", "device", "label"))
+                           "checkpoint_every", "checkpoint_minutes", "device", "buffer_device", "label"))
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
     if state is not None and finished_run(out, int(state["env_step"]), int(cfg.steps),
@@ -175,8 +177,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L = cfg.episode_length // ar
     total_agent_steps = math.ceil(cfg.steps / ar)
     capacity = cfg.buffer_capacity or max(total_agent_steps, L)
-    buffer = ReplayBuffer(env.observation_space.shape, env.action_space.shape[0], L, capacity, cfg.horizon,
-                          pixels=cfg.obs == "pixels", alpha=cfg.per_alpha, beta=cfg.per_beta)
+    try:
+        buffer = ReplayBuffer(env.observation_space.shape, env.action_space.shape[0], L, capacity,
+                              cfg.horizon, pixels=cfg.obs == "pixels", alpha=cfg.per_alpha, beta=cfg.per_beta,
+                              device=cfg.buffer_device)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(f"a replay buffer of {capacity} transitions does not fit on {cfg.buffer_device}; "
+                        "set buffer_device=cpu or a smaller buffer_capacity") from None
 
     agent_step, episode, wall_offset, next_eval, last_eval = 0, 0, 0.0, 0, None
     if state is not None:

@@ -11,21 +11,22 @@ import torch
 from difftop.cli import UserError
 
 
-def resolve_device(name) -> str:
-    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; anything else is checked."""
+def resolve_device(name, key: str = "device") -> str:
+    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; anything else is checked (errors name
+    the setting ``key``)."""
     name = str(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise UserError(f"{key} must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cpu":
         return name
     if dev.type != "cuda":
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise UserError(f"{key} must be auto, cpu, cuda or cuda:N, got {name!r}")
     if not torch.cuda.is_available():
-        raise UserError(f"device={name} but torch sees no CUDA device here (device=auto picks the CPU)")
+        raise UserError(f"{key}={name} but torch sees no CUDA device here ({key}=auto picks the CPU)")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"device={name} but there are {torch.cuda.device_count()} CUDA devices")
+        raise UserError(f"{key}={name} but there are {torch.cuda.device_count()} CUDA devices")
     return name

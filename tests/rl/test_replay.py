@@ -117,3 +117,42 @@ def test_load_into_a_larger_buffer_keeps_newest_episodes_in_order(tmp_path):
     assert big.num_episodes == 2 and big._obs[0, 0, 0] == 100 and big._obs[1, 0, 0] == 200
     big.add_episode(*_episode(3))
     assert big._obs[2, 0, 0] == 300
+
+
+def _pixel_buffer(device, episodes=3, k=3, h=4):
+    rng = np.random.default_rng(1)
+    buf = ReplayBuffer((3 * k, h, h), M, L, capacity=episodes * L, horizon=H, pixels=True, device=device)
+    for _ in range(episodes):
+        buf.add_episode(rng.integers(0, 255, (L + 1, 3 * k, h, h), dtype=np.uint8),
+                        rng.standard_normal((L, M)).astype(np.float32),
+                        rng.standard_normal(L).astype(np.float32))
+    return buf
+
+
+def test_storage_lives_on_the_buffer_device_and_batches_on_the_requested_one():
+    # the frames stay uint8 where they are stored (a GPU in training: one gather kernel per batch)
+    buf = _pixel_buffer("cpu")
+    assert buf._obs.dtype == torch.uint8 and buf._obs.device.type == "cpu"
+    b = buf.sample(8, np.random.default_rng(0), device="meta")
+    assert b.obs.device.type == "meta" and b.obs.dtype == torch.float32 and b.action.device.type == "meta"
+
+
+def test_a_saved_buffer_loads_on_another_device_and_samples_the_same(tmp_path):
+    """A checkpoint written by a GPU run resumes on a CPU machine (and back): the file is numpy."""
+    buf = _pixel_buffer("cpu")
+    buf.save(tmp_path / "b.npz")
+    with np.load(tmp_path / "b.npz") as f:
+        assert all(isinstance(f[k], np.ndarray) for k in f.files) and f["obs"].dtype == np.uint8
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    other = ReplayBuffer(buf.obs_shape, M, L, capacity=3 * L, horizon=H, pixels=True, device=dev)
+    other.load(tmp_path / "b.npz")
+    a, c = buf.sample(16, np.random.default_rng(5)), other.sample(16, np.random.default_rng(5))
+    assert torch.equal(a.obs, c.obs.cpu()) and torch.equal(a.action, c.action.cpu())
+    assert torch.equal(a.reward, c.reward.cpu()) and torch.equal(a.weights, c.weights.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_buffer_samples_exactly_what_the_cpu_buffer_samples():
+    a = _pixel_buffer("cpu").sample(32, np.random.default_rng(2), device="cuda")
+    c = _pixel_buffer("cuda").sample(32, np.random.default_rng(2), device="cuda")
+    assert torch.equal(a.obs, c.obs) and torch.equal(a.action, c.action) and torch.equal(a.reward, c.reward)

@@ -108,6 +108,8 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "tdmpc, difftop, difftop_noback" in capsys.readouterr().err
     assert _run(tmp_path / "a", "qs_horizon=0") == 2
     assert "qs_horizon must be an integer >= 1 (or null), got 0" in capsys.readouterr().err
+    assert _run(tmp_path / "a", "buffer_device=tpu") == 2
+    assert "buffer_device must be auto, cpu, cuda or cuda:N, got 'tpu'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "trajopt.implicit_unconverged=foo") == 2
     assert "trajopt.implicit_unconverged must be exact or memory" in capsys.readouterr().err
     assert _run(tmp_path / "a", "checkpoint_every=-5") == 2
