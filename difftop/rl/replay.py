@@ -11,9 +11,9 @@ environment wrapper fills its stack at reset), which cuts memory by the stack si
 
 Storage device: frames, actions and rewards live as torch tensors on ``device`` (TD-MPC keeps its
 buffer on the GPU too). On a GPU this is what makes pixel training fast: a pixel minibatch is
-(H+1) x B x 9 x 84 x 84 values (98 M for B=256, H=5), and gathering it with numpy on the host took
-~400 ms per update on our CPU and left four H200 runs stuck in their first 5,000 updates for 7 min
-(results/rl/gpu/README.md); gathered on the GPU it is one indexing kernel. Priorities stay in numpy
+(H+1) x B x 9 x 84 x 84 values (98 M for B=256, H=5); gathered and cast on the host (150-180 ms
+per update on one core of our CPU) it left four H200 runs stuck in their first 5,000 updates for
+7 min (results/rl/gpu/README.md). On the GPU it is one indexing kernel. Priorities stay in numpy
 (small, and ``rng.choice`` draws from them).
 
 Sampling follows TD-MPC: start indices drawn without replacement with probability
@@ -71,6 +71,9 @@ class ReplayBuffer:
         self.capacity_episodes = max(1, -(-int(capacity) // self.L))
         n = self.capacity_episodes
         self.device = torch.device(device)
+        # gather with numpy on host storage (1.4x faster than torch indexing on our CPU), with one
+        # torch indexing kernel on a GPU
+        self._host_gather = self.device.type == "cpu"
         # torch.empty: on the CPU a large buffer is only backed by memory as episodes arrive; slots
         # are read only once written (sampling draws from the stored episodes alone)
         if self.pixels:
@@ -118,14 +121,20 @@ class ReplayBuffer:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, dtype)
 
     # ----------------------------------------------------------------- sampling
-    def _stack(self, ep: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Observations at (episode, time) index tensors of equal shape -> (*shape, *obs_shape), in the
+    def _gather(self, store: torch.Tensor, idx: tuple[np.ndarray, ...]) -> torch.Tensor:
+        """``store[idx]`` for numpy index arrays, on the storage device."""
+        if self._host_gather:
+            return torch.from_numpy(np.ascontiguousarray(store.numpy()[idx]))
+        return store[tuple(torch.from_numpy(np.ascontiguousarray(i)).to(self.device) for i in idx)]
+
+    def _stack(self, ep: np.ndarray, t: np.ndarray) -> torch.Tensor:
+        """Observations at (episode, time) index arrays of equal shape -> (*shape, *obs_shape), in the
         stored dtype (pixels: uint8)."""
         if not self.pixels:
-            return self._obs[ep, t]
+            return self._gather(self._obs, (ep, t))
         k = self.frame_stack
-        ts = (t[..., None] + torch.arange(1 - k, 1, device=t.device)).clamp_(min=0)  # (..., k)
-        frames = self._obs[ep[..., None], ts]  # (..., k, 3, h, w)
+        ts = np.clip(t[..., None] + np.arange(1 - k, 1), 0, None)  # (..., k)
+        frames = self._gather(self._obs, (ep[..., None], ts))  # (..., k, 3, h, w)
         return frames.reshape(*t.shape, *self.obs_shape)
 
     def sample(self, batch_size: int, rng: np.random.Generator, horizon: int | None = None,
@@ -145,12 +154,12 @@ class ReplayBuffer:
         weights = (probs.size * probs[idxs]) ** (-self.beta)
         weights /= weights.max()
         ep, t0 = np.divmod(idxs, self.L)
-        t = torch.from_numpy(t0[None, :] + np.arange(H + 1)[:, None]).to(self.device)  # (H+1, B)
-        epb = torch.from_numpy(ep).to(self.device).expand_as(t)
+        t = t0[None, :] + np.arange(H + 1)[:, None]  # (H+1, B)
+        epb = np.broadcast_to(ep, t.shape)
         # the stored dtype crosses devices (uint8 pixels: a quarter of the float32 bytes), then is cast
         obs = self._stack(epb, t).to(device).float()
-        action = self._action[epb[:-1], t[:-1]].to(device)
-        reward = self._reward[epb[:-1], t[:-1]].to(device).unsqueeze(-1)
+        action = self._gather(self._action, (epb[:-1], t[:-1])).to(device)
+        reward = self._gather(self._reward, (epb[:-1], t[:-1])).to(device).unsqueeze(-1)
         return Batch(obs=obs, action=action, reward=reward, idxs=idxs,
                      weights=torch.as_tensor(weights, dtype=torch.float32, device=device))
 

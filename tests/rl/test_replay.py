@@ -151,6 +151,20 @@ def test_a_saved_buffer_loads_on_another_device_and_samples_the_same(tmp_path):
     assert torch.equal(a.reward, c.reward.cpu()) and torch.equal(a.weights, c.weights.cpu())
 
 
+def test_the_gpu_gather_path_samples_what_the_host_gather_samples():
+    """A GPU buffer gathers with torch indexing, a CPU one with numpy: run both paths here."""
+    for state in (False, True):
+        buf = _pixel_buffer("cpu") if not state else ReplayBuffer((2,), M, L, capacity=3 * L, horizon=H)
+        if state:
+            for e in range(3):
+                buf.add_episode(*_episode(e, 2))
+        a = buf.sample(32, np.random.default_rng(4))
+        buf._host_gather = False
+        c = buf.sample(32, np.random.default_rng(4))
+        assert torch.equal(a.obs, c.obs) and torch.equal(a.action, c.action)
+        assert torch.equal(a.reward, c.reward) and a.obs.dtype == c.obs.dtype == torch.float32
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_gpu_buffer_samples_exactly_what_the_cpu_buffer_samples():
     a = _pixel_buffer("cpu").sample(32, np.random.default_rng(2), device="cuda")
