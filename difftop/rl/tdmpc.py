@@ -247,6 +247,7 @@ class TDMPCAgent:
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
         self.rng.bit_generator.state = state["rng"]
-        self.planner.prev_mean = state.get("planner_prev_mean")
+        prev = state.get("planner_prev_mean")  # checkpoints load on the CPU; a GPU run resumes on cuda
+        self.planner.prev_mean = None if prev is None else prev.to(self.device)
         self.updates = int(state.get("updates", 0))
         self.skipped_updates = int(state.get("skipped_updates", 0))
