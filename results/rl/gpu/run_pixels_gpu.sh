@@ -4,7 +4,9 @@
 # (preset=paper: lr 3e-4, batch 256, MLP 512, 5000 seed agent steps), 100k env steps, four runs side by
 # side on the one GPU, each cut off after $DUR seconds (SIGINT: the run closes its logs and keeps its
 # last checkpoint; every CSV row written so far stays). Device time is rationed (15 min a session), so
-# a run that does not finish in $DUR is reported as far as it got.
+# a run that does not finish in $DUR is reported as far as it got. Runs pass resume=true and keep their
+# replay buffer in the checkpoint dir, so calling this again on the still-warm machine (runs/ is
+# ignored by git and stays there between calls; BENCH=0) continues each run from its last checkpoint.
 #
 # That machine has no network: its python3 (3.12, torch+CUDA) lacks dm-control, MuJoCo, Hydra and
 # gymnasium, which travel as wheels in .whl/ (and dm_control, trimmed of its unused locomotion and dog
@@ -67,8 +69,8 @@ for spec in $RUNS; do
   agent=${spec%%:*} seed=${spec##*:}
   dir=runs/gpu/cartpole-swingup/$agent/seed$seed
   timeout -s INT -k 30 "$DUR" $PY -m difftop.cli rl preset=paper obs=pixels task=cartpole-swingup \
-    agent="$agent" seed="$seed" steps="$STEPS" video=false save_buffer=false progress=false threads=3 \
-    out_dir="$dir" $EXTRA > "runs/gpu/log_${agent}_seed$seed.txt" 2>&1 &
+    agent="$agent" seed="$seed" steps="$STEPS" video=false progress=false threads=3 \
+    checkpoint_minutes=2 resume=true out_dir="$dir" $EXTRA >> "runs/gpu/log_${agent}_seed$seed.txt" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; echo "run $p exit $?"; done
@@ -78,5 +80,5 @@ for d in runs/gpu/cartpole-swingup/*/seed*; do
   a=$(basename "$(dirname "$d")"); s=$(basename "$d")
   [[ -f $d/checkpoint.pt ]] && $PY results/rl/gpu/slim_checkpoint.py "$d/checkpoint.pt" "$OUTD/ckpt_${a}_$s.pt"
 done
-tar czf "$OUTD/runs.tgz" --exclude=checkpoint.pt runs/gpu
+tar czf "$OUTD/runs.tgz" --exclude=checkpoint.pt --exclude=buffer.npz runs/gpu
 ls -la "$OUTD"
