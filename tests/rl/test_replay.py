@@ -153,9 +153,9 @@ def test_a_saved_buffer_loads_on_another_device_and_samples_the_same(tmp_path):
 
 def test_the_gpu_gather_path_samples_what_the_host_gather_samples():
     """A GPU buffer gathers with torch indexing, a CPU one with numpy: run both paths here."""
-    for state in (False, True):
-        buf = _pixel_buffer("cpu") if not state else ReplayBuffer((2,), M, L, capacity=3 * L, horizon=H)
-        if state:
+    for pixels in (True, False):
+        buf = _pixel_buffer("cpu") if pixels else ReplayBuffer((2,), M, L, capacity=3 * L, horizon=H)
+        if not pixels:
             for e in range(3):
                 buf.add_episode(*_episode(e, 2))
         a = buf.sample(32, np.random.default_rng(4))
