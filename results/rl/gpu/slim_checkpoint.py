@@ -8,11 +8,11 @@ online weights, but it cannot resume training (the original stays on the device 
 """
 import sys
 
-import torch
+from difftop.utils.checkpoint import load_checkpoint, save_checkpoint
 
 
 def slim(src: str, dst: str) -> None:
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    state = load_checkpoint(src, kind="rl")
     agent = state["agent"]
     mods = agent["modules"]
     for target, online in (("target", "model"), ("critic_target", "critic")):
@@ -20,7 +20,7 @@ def slim(src: str, dst: str) -> None:
             mods[target] = mods[online]
     agent["optimizers"] = {}
     state["slim"] = "weights only; targets alias the online networks; not resumable"
-    torch.save(state, dst)
+    save_checkpoint(dst, state)
 
 
 if __name__ == "__main__":
