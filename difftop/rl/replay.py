@@ -71,7 +71,7 @@ class ReplayBuffer:
         self.capacity_episodes = max(1, -(-int(capacity) // self.L))
         n = self.capacity_episodes
         self.device = torch.device(device)
-        # gather with numpy on host storage (1.4x faster than torch indexing on our CPU), with one
+        # gather with numpy on host storage (1.3-1.6x faster than torch indexing on our CPU), with one
         # torch indexing kernel on a GPU
         self._host_gather = self.device.type == "cpu"
         # torch.empty: on the CPU a large buffer is only backed by memory as episodes arrive; slots
