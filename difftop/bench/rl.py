@@ -31,6 +31,7 @@ ROWS = {  # row name -> agent overrides
     "difftop (online PG)": {"agent": "difftop", "pg_mode": "online"},
     "difftop (batched PG)": {"agent": "difftop", "pg_mode": "batched"},
     "difftop (online PG, qs_horizon=1)": {"agent": "difftop", "pg_mode": "online", "qs_horizon": 1},
+    "difftop (online PG, qs_horizon=all)": {"agent": "difftop", "pg_mode": "online", "qs_horizon": None},
     "difftop_noback": {"agent": "difftop_noback"},
 }
 

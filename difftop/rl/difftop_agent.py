@@ -12,7 +12,8 @@ Learning: everything TD-MPC learns, plus
   with a target network: y = r + gamma * min Q_s_target(s', pi(h(s'))), weighted like TD-MPC's
   value loss (``value_coef``, rho^t, PER weights), as in the official release, over the first
   ``qs_horizon`` steps of each sampled sub-trajectory (null: all H, as the official release; 1
-  makes Q_s's cost H times smaller, which matters from pixels, where its encoder dominates);
+  makes Q_s's cost H times smaller, which matters from pixels, where its encoder dominates; ``auto``,
+  the default: all H for states, 1 for pixels);
 - the policy-gradient loss  c0 * -min(Q_s1, Q_s2)(s, a*_0(theta))  back-propagated through the
   solve into the encoder, dynamics, reward and latent Q (never into Q_s or pi). ``pg_mode``:
   ``online``: on every training acting step (the official scheme); gradients are accumulated
@@ -39,10 +40,19 @@ from difftop.rl.schedules import linear_schedule
 from difftop.rl.tdmpc import Prepared, TDMPCAgent, _clip_and_check, ema_
 from difftop.trajopt import TrajOpt, latent_objective, smooth_min
 
-__all__ = ["DiffTOPAgent", "PG_MODES", "INITS"]
+__all__ = ["DiffTOPAgent", "PG_MODES", "INITS", "resolve_qs_horizon"]
 
 PG_MODES = ("online", "batched", "none")
 INITS = ("pi", "zero")
+
+
+def resolve_qs_horizon(value: Any, pixels: bool) -> Any:
+    """``qs_horizon=auto``: all H steps (None, the official release) for states; 1 for pixels, where
+    Q_s's own conv encoder over H x B frames (forward, backward and a target pass) dominates the
+    update and halves DiffTOP's speed. Other values pass through."""
+    if value == "auto":
+        return 1 if pixels else None
+    return value
 
 
 class DiffTOPAgent(TDMPCAgent):
@@ -186,7 +196,8 @@ class DiffTOPAgent(TDMPCAgent):
         and TOLD's target action pi(h(s')): y_t = r_t + gamma * min Q_s_target(s_{t+1}, pi(h(s_{t+1})))."""
         c = self.cfg
         H, B = b.action.shape[:2]
-        k = H if c.get("qs_horizon") is None else max(1, min(int(c.qs_horizon), H))
+        q = resolve_qs_horizon(c.get("qs_horizon", "auto"), self.pixels)
+        k = H if q is None else max(1, min(int(q), H))
         q1, q2 = self.critic(prep.obs[:k].flatten(0, 1), b.action[:k].flatten(0, 1))
         with torch.no_grad():
             q_next = torch.min(*self.critic_target(prep.obs[1:k + 1].flatten(0, 1),

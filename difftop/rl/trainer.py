@@ -51,6 +51,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if cfg.obs not in OBS:
         raise UserError(f"unknown obs {cfg.obs!r}; choose one of: {', '.join(OBS)}")
     from difftop.envs import default_action_repeat, task_key
+    from difftop.rl.difftop_agent import resolve_qs_horizon
 
     cfg.task = task_key(str(cfg.task))  # UserError listing the valid tasks if unknown
     if cfg.action_repeat is None:
@@ -67,7 +68,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         require_int(key, cfg[key], 1)
     for key in ("lr", "pg_lr"):
         require_number(key, cfg.get(key), 0, low_open=True, optional=True)
-    require_int("qs_horizon", cfg.get("qs_horizon"), 1, optional=True)
+    cfg.qs_horizon = qs = resolve_qs_horizon(cfg.get("qs_horizon", "auto"), pixels)
+    if qs is not None and (isinstance(qs, bool) or not isinstance(qs, int) or qs < 1):
+        raise UserError(f"qs_horizon must be auto, null or an integer >= 1, got {qs!r}")
     require_int("checkpoint_every", cfg.get("checkpoint_every"), 1, optional=True)
     require_number("checkpoint_minutes", cfg.get("checkpoint_minutes"), 0)  # 0: at every chance
     if cfg.episode_length % cfg.action_repeat:

@@ -255,11 +255,13 @@ def test_prepared_targets_equal_the_per_step_definitions(tiny_cfg):
             torch.testing.assert_close(prep.next_action[t], m.pi(z, 0.0))
 
 
-def test_one_augmentation_per_update_for_pixels(tiny_cfg):
-    """From pixels every loss of an update sees the same shifted frames (one draw per frame)."""
+@pytest.mark.parametrize("qs_horizon,steps", [("auto", 1), (None, 3), (2, 2)])
+def test_one_augmentation_per_update_for_pixels(tiny_cfg, qs_horizon, steps):
+    """From pixels every loss of an update sees the same shifted frames (one draw per frame); Q_s
+    sees the first ``qs_horizon`` steps of them (auto: 1 for pixels, None: all H)."""
     torch.manual_seed(0)
     shape = (9, 64, 64)
-    agent = make_agent(tiny_cfg(agent="difftop", obs="pixels", image_size=64), shape, M)
+    agent = make_agent(tiny_cfg(agent="difftop", obs="pixels", image_size=64, qs_horizon=qs_horizon), shape, M)
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(shape, M, L, capacity=2 * L, horizon=3, pixels=True)
     for _ in range(2):
@@ -271,7 +273,7 @@ def test_one_augmentation_per_update_for_pixels(tiny_cfg):
     seen = []
     agent.critic.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     agent._extra_losses(b, prep)
-    torch.testing.assert_close(seen[0], prep.obs[:3].flatten(0, 1))
+    torch.testing.assert_close(seen[0], prep.obs[:steps].flatten(0, 1))
 
 
 def test_obs_critic_shares_its_encoder_for_pixels_only_by_default():

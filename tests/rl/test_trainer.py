@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from difftop.cli import main
 
@@ -35,7 +36,7 @@ def _rows(path):
     ("difftop_noback", "state", []),
     ("tdmpc", "pixels", ["image_size=64", "eval_episodes=2"]),  # two renderers in lockstep
     ("difftop", "pixels", ["image_size=64", "pg_mode=online"]),
-    ("difftop", "pixels", ["image_size=64", "pg_mode=batched", "qs_horizon=1"]),
+    ("difftop", "pixels", ["image_size=64", "pg_mode=batched", "qs_horizon=null"]),  # all H (auto: 1)
     ("difftop_noback", "pixels", ["image_size=64"]),
 ])
 def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, extra):
@@ -44,6 +45,9 @@ def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, ex
     assert _run(out, f"agent={agent}", f"obs={obs}", "steps=400", "eval_every=200", video, *extra) == 0
     for name in ("config.yaml", "train.csv", "eval.csv", "checkpoint.pt", "buffer.npz"):
         assert (out / name).exists(), name
+    # qs_horizon=auto is saved resolved: all H (null) for states, 1 for pixels; an explicit value stays
+    qs = OmegaConf.load(out / "config.yaml").qs_horizon
+    assert qs == (None if obs == "state" or "qs_horizon=null" in extra else 1)
     assert any((out / "tb").iterdir())
     evals = _rows(out / "eval.csv")
     assert [int(r["env_step"]) for r in evals] == [0, 200, 400]
@@ -107,7 +111,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert _run(tmp_path / "a", "agent=sac") == 2
     assert "tdmpc, difftop, difftop_noback" in capsys.readouterr().err
     assert _run(tmp_path / "a", "qs_horizon=0") == 2
-    assert "qs_horizon must be an integer >= 1 (or null), got 0" in capsys.readouterr().err
+    assert "qs_horizon must be auto, null or an integer >= 1, got 0" in capsys.readouterr().err
     assert _run(tmp_path / "a", "buffer_device=tpu") == 2
     assert "buffer_device must be auto, cpu, cuda or cuda:N, got 'tpu'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "trajopt.implicit_unconverged=foo") == 2
