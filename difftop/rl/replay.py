@@ -35,7 +35,7 @@ __all__ = ["ReplayBuffer", "Batch"]
 class Batch:
     """A minibatch of sub-trajectories, time first (TD-MPC's layout)."""
 
-    obs: torch.Tensor  # (H+1, B, *obs_shape) float32 (pixels: 0..255 floats)
+    obs: torch.Tensor  # (H+1, B, *obs_shape) float32; pixels: uint8 0..255 (RandomShift casts them)
     action: torch.Tensor  # (H, B, m)
     reward: torch.Tensor  # (H, B, 1)
     idxs: np.ndarray  # (B,) flat start indices (episode * L + t), for update_priorities
@@ -156,8 +156,11 @@ class ReplayBuffer:
         ep, t0 = np.divmod(idxs, self.L)
         t = t0[None, :] + np.arange(H + 1)[:, None]  # (H+1, B)
         epb = np.broadcast_to(ep, t.shape)
-        # the stored dtype crosses devices (uint8 pixels: a quarter of the float32 bytes), then is cast
-        obs = self._stack(epb, t).to(device).float()
+        # the stored dtype crosses devices; pixels stay uint8 (a quarter of the float32 bytes) until the
+        # agent's augmentation casts them
+        obs = self._stack(epb, t).to(device)
+        if not self.pixels:
+            obs = obs.float()
         action = self._gather(self._action, (epb[:-1], t[:-1])).to(device)
         reward = self._gather(self._reward, (epb[:-1], t[:-1])).to(device).unsqueeze(-1)
         return Batch(obs=obs, action=action, reward=reward, idxs=idxs,

@@ -154,6 +154,23 @@ def test_bad_arguments():
     assert math.isfinite(float(_state_model().h(torch.randn(1, OBS)).sum().detach()))
 
 
+def test_pixel_encoder_channels_last_on_cpu_equals_the_plain_layers():
+    """On CPU the encoder runs its convolutions channels-last (3x faster there): the same outputs and
+    input gradients as the plain layer stack in the default layout, from either layout of input."""
+    enc = _pixel_model()._encoder
+    frames = (torch.rand(6, 9, 84, 84) * 255).requires_grad_(True)
+    ref = torch.nn.Sequential.forward(enc, frames)
+    ref.sum().backward()
+    g_ref, frames.grad = frames.grad.clone(), None
+    for x in (frames, frames.contiguous(memory_format=torch.channels_last)):
+        out = enc(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        out.sum().backward()
+        torch.testing.assert_close(frames.grad, g_ref, rtol=1e-5, atol=1e-5)
+        frames.grad = None
+    assert torch.equal(enc(frames.detach().to(torch.uint8)), enc(frames.detach().to(torch.uint8).float()))
+
+
 def test_pixel_encoder_slices_large_cpu_batches_without_changing_results():
     enc = _pixel_model()._encoder
     frames = torch.rand(3, 5, 9, 84, 84) * 255

@@ -22,6 +22,7 @@ def test_shift_equals_replicate_pad_and_crop():
         ref = _reference(x, pad, torch.Generator().manual_seed(pad))
         assert out.dtype == torch.float32 and out.shape == x.shape
         assert torch.equal(out, ref)
+        assert out.is_contiguous(memory_format=torch.channels_last)  # the conv encoder's CPU layout
     xf = x.float()  # float frames (what the replay buffer hands out) give the same result
     assert torch.equal(RandomShift(3)(xf, torch.Generator().manual_seed(0)),
                        RandomShift(3)(x, torch.Generator().manual_seed(0)))
@@ -30,6 +31,7 @@ def test_shift_equals_replicate_pad_and_crop():
 def test_shift_moves_images_and_pad_zero_is_identity():
     x = torch.arange(2 * 3 * 9 * 9, dtype=torch.float32).view(2, 3, 9, 9)
     assert RandomShift(0)(x) is x
+    assert torch.equal(RandomShift(0)(x.to(torch.uint8)), x.to(torch.uint8).float())  # always float out
     states = torch.randn(5, 7)
     assert RandomShift(4)(states) is states  # non-image observations pass through
     outs = torch.stack([RandomShift(2)(x) for _ in range(20)])

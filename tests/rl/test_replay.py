@@ -134,7 +134,8 @@ def test_storage_lives_on_the_buffer_device_and_batches_on_the_requested_one():
     buf = _pixel_buffer("cpu")
     assert buf._obs.dtype == torch.uint8 and buf._obs.device.type == "cpu"
     b = buf.sample(8, np.random.default_rng(0), device="meta")
-    assert b.obs.device.type == "meta" and b.obs.dtype == torch.float32 and b.action.device.type == "meta"
+    # and cross to the batch's device as uint8 (the agent's augmentation casts them)
+    assert b.obs.device.type == "meta" and b.obs.dtype == torch.uint8 and b.action.device.type == "meta"
 
 
 def test_a_saved_buffer_loads_on_another_device_and_samples_the_same(tmp_path):
@@ -162,7 +163,8 @@ def test_the_gpu_gather_path_samples_what_the_host_gather_samples():
         buf._host_gather = False
         c = buf.sample(32, np.random.default_rng(4))
         assert torch.equal(a.obs, c.obs) and torch.equal(a.action, c.action)
-        assert torch.equal(a.reward, c.reward) and a.obs.dtype == c.obs.dtype == torch.float32
+        assert torch.equal(a.reward, c.reward)
+        assert a.obs.dtype == c.obs.dtype == (torch.uint8 if pixels else torch.float32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
