@@ -1,0 +1,75 @@
+"""How many tensor ops one training act issues, from a trained checkpoint (session 21): a planning
+figure for the GPU, where each op is at least one kernel launch and each host sync waits for the
+device, so an act's latency there grows with these counts, not with FLOPs.
+
+    MUJOCO_GL=egl .venv/bin/python results/rl/gpu/act_op_counts.py <checkpoint> [acts] [step]
+    MUJOCO_GL=egl .venv/bin/python results/rl/gpu/act_op_counts.py untrained:<agent> [acts] [step]
+
+``step`` (agent steps; default the checkpoint's) sets the planning horizon's schedule: 1000000 plans at
+the full horizon. ``untrained:tdmpc`` builds a fresh cartpole-swingup agent (preset cpu): TD-MPC's
+MPPI issues the same ops whatever its weights; a DiffTOP solve's do depend on them (iterations).
+
+Counts every aten op the profiler sees on CPU, the ones that only make views or empty tensors
+(no kernel on a GPU), and the host syncs (``.item()``, ``bool(tensor)``); plus the act's CPU time.
+"""
+import sys
+import time
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.profiler import ProfilerActivity, profile
+
+from difftop.rl.trainer import build
+from difftop.utils.checkpoint import load_checkpoint
+
+NO_KERNEL = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::expand", "aten::expand_as",
+             "aten::slice", "aten::select", "aten::t", "aten::transpose", "aten::unsqueeze",
+             "aten::squeeze", "aten::as_strided", "aten::detach", "aten::alias", "aten::empty",
+             "aten::empty_like", "aten::empty_strided", "aten::permute", "aten::unflatten",
+             "aten::flatten", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg",
+             "aten::result_type", "aten::split", "aten::narrow", "aten::chunk", "aten::unbind",
+             "aten::to", "aten::contiguous", "aten::numpy_T", "aten::split_with_sizes"}
+SYNC = {"aten::_local_scalar_dense"}
+
+torch.set_num_threads(1)
+path, acts = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 20
+if path.startswith("untrained:"):
+    from difftop.cli import CONFIG_DIR
+    from difftop.rl.trainer import resolve_config
+
+    base = OmegaConf.load(CONFIG_DIR / "rl.yaml")
+    base.pop("defaults")
+    cfg = resolve_config(OmegaConf.merge(base, OmegaConf.load(CONFIG_DIR / "preset" / "cpu.yaml"),
+                                         {"agent": path.split(":", 1)[1], "device": "cpu"}))
+    env, _, agent = build(cfg, eval_episodes=1)
+    step = 0
+else:
+    state = load_checkpoint(path, "rl")
+    cfg = OmegaConf.create(state["config"])
+    cfg.device = "cpu"
+    env, _, agent = build(cfg, eval_episodes=1)
+    agent.load_state_dict(state["agent"], weights_only=True)
+    step = int(state["agent_step"])
+step = int(sys.argv[3]) if len(sys.argv) > 3 else step
+obs, _ = env.reset(seed=0)
+for i in range(20):  # warm up, and leave the start of the episode
+    obs, *_ = env.step(agent.act(obs, step=step, t0=i == 0))
+if hasattr(agent, "_solve_summary"):
+    agent._solve_summary()  # reset the solve statistics
+t = time.perf_counter()
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for _ in range(acts):
+        obs, *_ = env.step(agent.act(obs, step=step, t0=False))
+ms = 1e3 * (time.perf_counter() - t) / acts
+events = prof.key_averages()
+total = sum(e.count for e in events if e.key.startswith("aten::"))
+no_kernel = sum(e.count for e in events if e.key in NO_KERNEL)
+syncs = sum(e.count for e in events if e.key in SYNC)
+solve = agent._solve_summary() if hasattr(agent, "_solve_summary") else {}
+iters = f"{solve['solve_iters']:.1f}" if "solve_iters" in solve else "-"
+print("| checkpoint | agent | pg_mode | horizon | solve iterations | aten ops / act | of which compute "
+      "| host syncs / act | ms / act (CPU, profiled) |")
+print("|---|---|---|---|---|---|---|---|---|")
+print(f"| {path} | {cfg.agent} | {cfg.get('pg_mode', '-') if cfg.agent != 'tdmpc' else '-'} | {agent.planning_horizon(step)} | {iters} | "
+      f"{total // acts} | {(total - no_kernel) // acts} | {syncs / acts:.1f} | {ms:.1f} |")
