@@ -4,13 +4,13 @@
 # the RL curves and the IL tables and curves.   bash results/collect.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# runs/cpu[-pg]/<task>/<agent>/seedN -> results/rl/cpu[-pg]/...;  runs/il/<task>/... -> results/il/runs/<task>/...
-for src in runs/cpu runs/cpu-pg runs/il; do
+# runs/cpu[-pg|-qs1]/<task>/<agent>/seedN -> results/rl/cpu[-pg|-qs1]/...;  runs/il/<task>/... -> results/il/runs/<task>/...
+for src in runs/cpu runs/cpu-pg runs/cpu-qs1 runs/il; do
   [ -d "$src" ] || continue
   find "$src" -name eval.csv | while read -r f; do
     d=$(dirname "$f")
     case $d in
-      runs/cpu/* | runs/cpu-pg/*) dst="results/rl/${d#runs/}" ;;
+      runs/cpu/* | runs/cpu-pg/* | runs/cpu-qs1/*) dst="results/rl/${d#runs/}" ;;
       runs/il/*) dst="results/il/runs/${d#runs/il/}" ;;
     esac
     # never replace a longer record: a run restarted on a fresh machine (runs/ lost) is copied once it
@@ -49,6 +49,10 @@ if [ -d results/rl/cpu-pg ]; then
   # How the PG loss is applied (session 10): online (official) vs batched at every update, cartpole-swingup seed 1
   .venv/bin/difftop plot results/rl/cpu/cartpole-swingup/*/seed1 results/rl/cpu-pg out=results/rl/cpu_pg_modes.png \
     reference=tdmpc-state
+fi
+if [ -d results/rl/cpu-qs1 ]; then
+  # Q_s's TD loss on one step (qs_horizon=1, the pixel default) vs all H (session 21), DiffTOP from states
+  .venv/bin/python results/rl/qs_horizon_table.py --out results/rl/qs_horizon.md >/dev/null
 fi
 # IL: the Table 1/3 layout and the evaluation curves of each results/il/runs/<task>/<setting>
 for root in results/il/runs/*/*; do

@@ -155,7 +155,7 @@ def test_bad_arguments():
 
 
 def test_pixel_encoder_channels_last_on_cpu_equals_the_plain_layers():
-    """On CPU the encoder runs its convolutions channels-last (3x faster there): the same outputs and
+    """On CPU the encoder runs its convolutions channels-last (faster there): the same outputs and
     input gradients as the plain layer stack in the default layout, from either layout of input."""
     enc = _pixel_model()._encoder
     frames = (torch.rand(6, 9, 84, 84) * 255).requires_grad_(True)

@@ -23,7 +23,7 @@ def test_shift_equals_replicate_pad_and_crop():
         assert out.dtype == torch.float32 and out.shape == x.shape
         assert torch.equal(out, ref)
         assert out.is_contiguous(memory_format=torch.channels_last)  # the conv encoder's CPU layout
-    xf = x.float()  # float frames (what the replay buffer hands out) give the same result
+    xf = x.float()  # float frames give the same result as the replay buffer's uint8 ones
     assert torch.equal(RandomShift(3)(xf, torch.Generator().manual_seed(0)),
                        RandomShift(3)(x, torch.Generator().manual_seed(0)))
 

@@ -1,0 +1,58 @@
+"""Q_s's TD loss on one step of each sub-trajectory (qs_horizon=1, the pixel default since session 21)
+against all H steps (the official release, the state default), DiffTOP from states, seed by seed.
+
+    .venv/bin/python results/rl/qs_horizon_table.py [--out results/rl/qs_horizon.md]
+
+All H: results/rl/cpu/<task>/difftop/seed<k> (the issue-4 comparison). One step:
+results/rl/cpu-qs1/<task>/difftop/seed<k> (`ROOT=runs/cpu-qs1 OVERRIDES="qs_horizon=1" bash
+results/rl/run_cpu.sh <task> difftop <seeds>`), otherwise the same command and preset (cpu).
+Returns: the 20-episode evaluation of the final (100k) checkpoint, seeds 20000-20019.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table import final_returns  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+TASKS = ("cartpole-swingup", "reacher-easy", "finger-spin")
+
+
+def fmt(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.1f} ± {statistics.pstdev(xs):.1f}" if xs else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    lines = ["| task | seeds | all H: final20 per seed | all H | qs_horizon=1: final20 per seed | qs_horizon=1 "
+             "| one - all, per seed | hours, all H / one |", "|---|---|---|---|---|---|---|---|"]
+    for task in TASKS:
+        seeds = sorted(int(p.name[4:]) for p in (ROOT / "cpu-qs1" / task / "difftop").glob("seed*"))
+        pairs = []
+        for s in seeds:
+            a = final_returns(ROOT / "cpu" / task / "difftop" / f"seed{s}")
+            b = final_returns(ROOT / "cpu-qs1" / task / "difftop" / f"seed{s}")
+            if a and b:
+                pairs.append((s, a, b))
+        if not pairs:
+            continue
+        alls, ones = [p[1][1] for p in pairs], [p[2][1] for p in pairs]
+        lines.append(
+            f"| {task} | {', '.join(str(p[0]) for p in pairs)} | {', '.join(f'{x:.1f}' for x in alls)} | "
+            f"{fmt(alls)} | {', '.join(f'{x:.1f}' for x in ones)} | {fmt(ones)} | "
+            f"{', '.join(f'{b - a:+.1f}' for a, b in zip(alls, ones))} | "
+            f"{', '.join(f'{p[1][2]:.2f} / {p[2][2]:.2f}' for p in pairs)} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
