@@ -36,6 +36,20 @@ ROWS = {  # row name -> agent overrides
 }
 
 
+def preset_config(rl_preset: str) -> DictConfig:
+    """rl.yaml with an rl preset merged in, without Hydra (unresolved: pass it to ``resolve_config``)."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = OmegaConf.load(configs / "rl.yaml")
+    base.pop("defaults")
+    if rl_preset == "paper":  # rl.yaml's own values
+        return base
+    path = configs / "preset" / f"{rl_preset}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"unknown rl_preset {rl_preset!r}; choose one of: {', '.join(names)}")
+    return OmegaConf.merge(base, OmegaConf.load(path))
+
+
 def main(cfg: DictConfig) -> dict:
     unknown = [r for r in cfg.rows if r not in ROWS]
     if unknown:
@@ -44,17 +58,7 @@ def main(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     from difftop.envs import make_env
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    base = OmegaConf.load(configs / "rl.yaml")
-    base.pop("defaults")
-    if cfg.rl_preset != "paper":
-        path = configs / "preset" / f"{cfg.rl_preset}.yaml"
-        if not path.is_file():
-            names = sorted(p.stem for p in path.parent.glob("*.yaml"))
-            raise UserError(f"unknown rl_preset {cfg.rl_preset!r}; choose one of: {', '.join(names)}")
-        preset = OmegaConf.load(path)
-        base = OmegaConf.merge(base, preset)
-    base = OmegaConf.merge(base, {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed,
+    base = OmegaConf.merge(preset_config(cfg.rl_preset), {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed,
                                   "device": cfg.get("device", "cpu")},
                            OmegaConf.from_dotlist(list(cfg.overrides)))
     rcfg = resolve_config(base)

@@ -156,11 +156,9 @@ class ReplayBuffer:
         ep, t0 = np.divmod(idxs, self.L)
         t = t0[None, :] + np.arange(H + 1)[:, None]  # (H+1, B)
         epb = np.broadcast_to(ep, t.shape)
-        # the stored dtype crosses devices; pixels stay uint8 (a quarter of the float32 bytes) until the
-        # agent's augmentation casts them
+        # the stored dtype crosses devices: float32 states; uint8 pixels (a quarter of the float32 bytes),
+        # which the agent's augmentation casts
         obs = self._stack(epb, t).to(device)
-        if not self.pixels:
-            obs = obs.float()
         action = self._gather(self._action, (epb[:-1], t[:-1])).to(device)
         reward = self._gather(self._reward, (epb[:-1], t[:-1])).to(device).unsqueeze(-1)
         return Batch(obs=obs, action=action, reward=reward, idxs=idxs,

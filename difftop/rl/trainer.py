@@ -69,8 +69,10 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     for key in ("lr", "pg_lr"):
         require_number(key, cfg.get(key), 0, low_open=True, optional=True)
     cfg.qs_horizon = qs = resolve_qs_horizon(cfg.get("qs_horizon", "auto"), pixels)
-    if qs is not None and (isinstance(qs, bool) or not isinstance(qs, int) or qs < 1):
-        raise UserError(f"qs_horizon must be auto, null or an integer >= 1, got {qs!r}")
+    try:
+        require_int("qs_horizon", qs, 1, optional=True)
+    except UserError:  # the message names auto too
+        raise UserError(f"qs_horizon must be auto, null or an integer >= 1, got {qs!r}") from None
     require_int("checkpoint_every", cfg.get("checkpoint_every"), 1, optional=True)
     require_number("checkpoint_minutes", cfg.get("checkpoint_minutes"), 0)  # 0: at every chance
     if cfg.episode_length % cfg.action_repeat:

@@ -40,14 +40,15 @@ def layers(x: torch.Tensor, grad: bool) -> None:
 
 
 x_nchw, x_nhwc = u8.float(), u8.float().contiguous(memory_format=NHWC)
-rows = [
-    ("conv stack, no grad", best(lambda: layers(x_nchw, False)), best(lambda: layers(x_nhwc, False))),
-    ("conv stack, forward + backward", best(lambda: layers(x_nchw, True)), best(lambda: layers(x_nhwc, True))),
-]
+rows = [(f"conv stack, {'forward + backward' if grad else 'no grad'}",
+         best(lambda g=grad: layers(x_nchw, g)), best(lambda g=grad: layers(x_nhwc, g)))
+        for grad in (False, True)]
+to_nhwc = best(lambda: x_nchw.contiguous(memory_format=NHWC))
+u8_to_nhwc_float = best(lambda: u8.contiguous(memory_format=NHWC).float())
 print(f"# TD-MPC conv stack, 256 x 9x84x84, slices of 64, 1 thread, best of {REPEATS}\n")
 print("| what | NCHW ms | NHWC ms |\n|---|---|---|")
 for name, a, b in rows:
     print(f"| {name} | {a:.0f} | {b:.0f} |")
-print(f"| float NCHW -> float NHWC (copy) | - | {best(lambda: x_nchw.contiguous(memory_format=NHWC)):.0f} |")
-print(f"| uint8 NCHW -> NHWC, then float | - | {best(lambda: u8.contiguous(memory_format=NHWC).float()):.0f} |")
+print(f"| float NCHW -> float NHWC (copy) | - | {to_nhwc:.0f} |")
+print(f"| uint8 NCHW -> NHWC, then float | - | {u8_to_nhwc_float:.0f} |")
 print(f"| uint8 -> float, NCHW | {best(lambda: u8.float()):.0f} | - |")

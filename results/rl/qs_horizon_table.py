@@ -30,8 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     args = ap.parse_args()
-    lines = ["| task | seeds | all H: final20 per seed | all H | qs_horizon=1: final20 per seed | qs_horizon=1 "
-             "| one - all, per seed | hours, all H / one |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | seeds | all H: final20 per seed | all H | qs_horizon=1: final20 per seed "
+             "| qs_horizon=1 | one - all, per seed | hours, all H / one |",
+             "|---|---|---|---|---|---|---|---|"]
     for task in TASKS:
         seeds = sorted(int(p.name[4:]) for p in (ROOT / "cpu-qs1" / task / "difftop").glob("seed*"))
         pairs = []

@@ -261,7 +261,8 @@ def test_one_augmentation_per_update_for_pixels(tiny_cfg, qs_horizon, steps):
     sees the first ``qs_horizon`` steps of them (auto: 1 for pixels, None: all H)."""
     torch.manual_seed(0)
     shape = (9, 64, 64)
-    agent = make_agent(tiny_cfg(agent="difftop", obs="pixels", image_size=64, qs_horizon=qs_horizon), shape, M)
+    cfg = tiny_cfg(agent="difftop", obs="pixels", image_size=64, qs_horizon=qs_horizon)
+    agent = make_agent(cfg, shape, M)
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(shape, M, L, capacity=2 * L, horizon=3, pixels=True)
     for _ in range(2):

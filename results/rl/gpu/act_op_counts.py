@@ -15,7 +15,6 @@ Counts every aten op the profiler sees on CPU, the ones that only make views or 
 import sys
 import time
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
@@ -35,13 +34,11 @@ SYNC = {"aten::_local_scalar_dense"}
 torch.set_num_threads(1)
 path, acts = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 20
 if path.startswith("untrained:"):
-    from difftop.cli import CONFIG_DIR
+    from difftop.bench.rl import preset_config
     from difftop.rl.trainer import resolve_config
 
-    base = OmegaConf.load(CONFIG_DIR / "rl.yaml")
-    base.pop("defaults")
-    cfg = resolve_config(OmegaConf.merge(base, OmegaConf.load(CONFIG_DIR / "preset" / "cpu.yaml"),
-                                         {"agent": path.split(":", 1)[1], "device": "cpu"}))
+    agent_name = path.split(":", 1)[1]
+    cfg = resolve_config(OmegaConf.merge(preset_config("cpu"), {"agent": agent_name, "device": "cpu"}))
     env, _, agent = build(cfg, eval_episodes=1)
     step = 0
 else:
@@ -71,5 +68,6 @@ iters = f"{solve['solve_iters']:.1f}" if "solve_iters" in solve else "-"
 print("| checkpoint | agent | pg_mode | horizon | solve iterations | aten ops / act | of which compute "
       "| host syncs / act | ms / act (CPU, profiled) |")
 print("|---|---|---|---|---|---|---|---|---|")
-print(f"| {path} | {cfg.agent} | {cfg.get('pg_mode', '-') if cfg.agent != 'tdmpc' else '-'} | {agent.planning_horizon(step)} | {iters} | "
+pg_mode = cfg.get("pg_mode", "-") if cfg.agent != "tdmpc" else "-"
+print(f"| {path} | {cfg.agent} | {pg_mode} | {agent.planning_horizon(step)} | {iters} | "
       f"{total // acts} | {(total - no_kernel) // acts} | {syncs / acts:.1f} | {ms:.1f} |")
