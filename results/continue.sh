@@ -40,6 +40,11 @@ for task in cartpole-swingup reacher-easy; do
   for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("$task $agent 3"); done
 done
 for seed in 2 3; do for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("finger-spin $agent $seed"); done; done
+# Beyond the three tasks (session 22): cartpole-swingup-sparse, one of the paper's 15 (action
+# repeat 8 like cartpole-swingup, so ~0.4-0.7 h a run), every agent on a seed before the next seed.
+for seed in 1 2 3; do
+  for agent in tdmpc difftop difftop_noback; do RL_RUNS+=("cartpole-swingup-sparse $agent $seed"); done
+done
 case ${1:-} in
   rl)
     for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
