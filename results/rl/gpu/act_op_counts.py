@@ -43,7 +43,6 @@ NO_KERNEL = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::expan
 SYNC = {"aten::_local_scalar_dense"}
 
 
-
 def count_regions(path: str, agent, env, obs, step: int, acts: int, overrides: list[str]) -> None:
     """Compute ops per act by the code that issues them (a dispatch mode sees every aten call,
     the autograd backward's too, which runs on this thread on a CPU)."""
