@@ -42,7 +42,8 @@ if [ -d results/rl/cpu ]; then
   # final returns per task and agent over seeds, and DiffTOP paired with TD-MPC and noback seed by seed
   .venv/bin/python results/rl/table.py results/rl/cpu --out results/rl/cpu_states.md >/dev/null
   # The seed-1 DiffTOP runs of sessions 2-5 (memory-mode PG gradient, 20 solver iterations) beside TD-MPC
-  .venv/bin/difftop plot results/rl/cpu/*/tdmpc/seed1 results/rl/cpu-memory results/rl/cpu-iters20/*/difftop_noback \
+  .venv/bin/difftop plot results/rl/cpu/{cartpole-swingup,reacher-easy,finger-spin}/tdmpc/seed1 results/rl/cpu-memory \
+    results/rl/cpu-iters20/*/difftop_noback \
     out=results/rl/cpu_states_sessions2-5.png reference=tdmpc-state
 fi
 if [ -d results/rl/cpu-pg ]; then
