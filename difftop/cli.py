@@ -24,7 +24,7 @@ and write ``difftop/configs/<config name>.yaml`` starting with::
       - _hydra      # shared Hydra settings: no chdir, no outputs/ dir (see configs/_hydra.yaml)
       - _self_
 
-Errors in user input should be raised as :class:`UserError`; they come out as one line
+Errors in user input should be raised as :class:`difftop.errors.UserError`; they come out as one line
 ``error: <message>`` on stderr and exit code 2 (set ``HYDRA_FULL_ERROR=1`` for the traceback).
 """
 
@@ -73,11 +73,7 @@ POSITIONAL: dict[tuple[str, ...], str] = {
     ("plot",): "runs",
 }
 
-EXIT_USAGE = 2
-
-
-class UserError(ValueError):
-    """A mistake in the user's input (a bad key or value); reported without a traceback."""
+from difftop.errors import EXIT_USAGE, UserError  # noqa: E402,F401  (re-exported: older imports)
 
 
 def _name(cmd: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint
 from difftop.utils.checks import require_int
 

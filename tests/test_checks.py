@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.utils.checks import require_int, require_number
 
 

@@ -20,7 +20,7 @@ FAKE_MODULE = textwrap.dedent(
     """
     import json, os
     from omegaconf import OmegaConf
-    from difftop.cli import UserError
+    from difftop.errors import UserError
 
     def main(cfg):
         if cfg.fail == "user":

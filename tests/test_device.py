@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from difftop.cli import UserError, main
+from difftop.cli import main
+from difftop.errors import UserError
 from difftop.utils.device import resolve_device
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.rl.difftop_agent import make_agent
 from difftop.rl.replay import ReplayBuffer
 from difftop.rl.trainer import resolve_config

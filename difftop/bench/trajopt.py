@@ -92,7 +92,7 @@ def _row(name, solver, backward, options, B, wall, cpu, out, P) -> dict:
 
 def _check(cfg: DictConfig) -> None:
     """Bad settings fail here, in one line, before anything is timed."""
-    from difftop.cli import UserError
+    from difftop.errors import UserError
 
     for r in cfg.rows:
         if not OmegaConf.is_dict(r) or not {"name", "solver", "backward", "batches"} <= set(r):

@@ -28,7 +28,7 @@ HDF5_SUFFIXES = (".hdf5", ".h5", ".he5")
 
 def load_dataset(path: str | Path, keys: Any = None) -> EpisodeData:
     """Read a zarr replay buffer (directory or ``.zarr.zip``) or a robomimic hdf5 file."""
-    from difftop.cli import UserError
+    from difftop.errors import UserError
 
     p = Path(path)
     if not p.exists():

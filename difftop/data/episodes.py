@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 
 def is_channel_last_image(a: np.ndarray) -> bool:

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from difftop.cli import UserError
 from difftop.data.episodes import EpisodeData, _ranges, split_episodes
+from difftop.errors import UserError
 
 
 def window_index(

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from difftop.cli import UserError
 from difftop.data.episodes import (
     EpisodeData,
     image_to_file,
@@ -32,6 +31,7 @@ from difftop.data.episodes import (
     is_channel_first_image,
     is_channel_last_image,
 )
+from difftop.errors import UserError
 
 log = logging.getLogger(__name__)
 

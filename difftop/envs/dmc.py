@@ -24,7 +24,7 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
-from difftop.cli import UserError  # noqa: E402
+from difftop.errors import UserError  # noqa: E402
 
 #: The DiffTOP paper's 15 DMC tasks (its Fig. 3), in its spelling, plus cartpole-swingup.
 DMC_TASKS: tuple[str, ...] = (

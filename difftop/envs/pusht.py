@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 OBS_TYPES: tuple[str, ...] = ("state", "keypoints", "pixels", "state+pixels")
 ACTION_LOW, ACTION_HIGH = 0.0, 512.0

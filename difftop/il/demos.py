@@ -23,8 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.cli import UserError
 from difftop.data.zarr_io import ZarrEpisodeWriter
+from difftop.errors import UserError
 from difftop.il.experts import DEMO_TASKS, Rollout, load_demo_task
 
 log = logging.getLogger(__name__)

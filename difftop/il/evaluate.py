@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.utils.device import resolve_device
 
 __all__ = ["evaluate_il_checkpoint"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.utils.device import resolve_device
 
 __all__ = ["main", "compute_landscape", "plot_landscape"]

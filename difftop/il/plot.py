@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 #: Metrics drawn, in row order, when an eval.csv has them.
 METRICS = (("mean_max_coverage", "mean max coverage"), ("success_rate", "success rate"))

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from difftop.cli import UserError
 from difftop.data.episodes import EpisodeData
+from difftop.errors import UserError
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "rollout"]
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device

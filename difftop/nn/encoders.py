@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 __all__ = [
     "ACTIVATIONS",

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from difftop.cli import UserError
 from difftop.envs.dmc import task_key
+from difftop.errors import UserError
 
 #: The repository root: ``reference_dir`` falls back to a path relative to it.
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.rl.schedules import linear_schedule
 from difftop.utils.checkpoint import save_checkpoint
 from difftop.utils.checks import require_int, require_number

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 __all__ = ["require_int", "require_number"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 
 def resolve_device(name, key: str = "device") -> str:

@@ -60,7 +60,7 @@ def open_run(cfg, kind: str, same_keys, overridable):
     """
     from omegaconf import OmegaConf
 
-    from difftop.cli import UserError
+    from difftop.errors import UserError
     from difftop.utils.checkpoint import CheckpointError, load_checkpoint
 
     ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from difftop.cli import UserError
 from difftop.data import EpisodeData, load_dataset, load_robomimic, save_robomimic
+from difftop.errors import UserError
 
 
 def robomimic_like(n: int = 3) -> EpisodeData:

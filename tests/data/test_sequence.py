@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from difftop.cli import UserError
 from difftop.data import EpisodeData, split_episodes
 from difftop.data.sequence import SequenceDataset, window_index
+from difftop.errors import UserError
 
 LENGTHS = [5, 1, 9, 3, 12]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from difftop.cli import UserError
 from difftop.data import EpisodeData, ZarrEpisodeWriter, load_dataset, load_zarr, save_zarr
+from difftop.errors import UserError
 
 
 def episodes(n: int = 3, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from difftop.cli import UserError
 from difftop.envs import ACTION_REPEAT, DMC_TASKS, default_action_repeat, make_env, task_key
 from difftop.envs.dmc import resolve_task
+from difftop.errors import UserError
 
 pytest.importorskip("dm_control")
 

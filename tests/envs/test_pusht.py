@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from difftop.cli import UserError
 from difftop.envs.pusht import (
     GOAL_POSE,
     OBS_TYPES,
@@ -16,6 +15,7 @@ from difftop.envs.pusht import (
     make_pusht,
     set_sim_state,
 )
+from difftop.errors import UserError
 
 
 def test_observation_conventions():

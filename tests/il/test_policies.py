@@ -13,8 +13,8 @@ import importlib
 import pytest
 import torch
 
-from difftop.cli import UserError
 from difftop.data.normalizer import Normalizer
+from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import BCPolicy
 from difftop.il.policies.bc_rnn import BCRNNPolicy, gmm_log_prob

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 
 #: task name -> "module:class" of its demo task
 DEMO_TASKS: dict[str, str] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from difftop.cli import UserError
 from difftop.envs.pusht import make_pusht
+from difftop.errors import UserError
 from difftop.il.experts import Rollout
 from difftop.il.experts.pusht import PushTExpert, PushTExpertConfig, run_expert_episode
 

@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 
 __all__ = ["POLICIES", "Policy", "ShapeMeta", "base_arg", "build_policy", "policy_class", "policy_from_spec",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difftop.cli import UserError
+from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import action_window, base_actions, build_encoder, freeze, recent_obs
 from difftop.nn.encoders import build_mlp
