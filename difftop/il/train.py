@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from difftop import engine
+from difftop.engine import Context, Loop, RunSpec
 from difftop.errors import UserError
-from difftop.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difftop.utils.checkpoint import CheckpointError, load_checkpoint
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
-from difftop.utils.runlog import RunLogger
-from difftop.utils.runstate import Progress, finished_run, global_rng_state, open_run, set_global_rng_state
 
 __all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
 
@@ -153,15 +152,6 @@ def fit_normalizer(data: Any, steps: np.ndarray, obs_keys: list[str], action_key
     return Normalizer.fit(arrays, modes)
 
 
-def _rng_state(sampler: np.random.Generator) -> dict:
-    return {**global_rng_state(), "sampler": sampler.bit_generator.state}
-
-
-def _set_rng_state(state: dict, sampler: np.random.Generator) -> None:
-    set_global_rng_state(state)
-    sampler.bit_generator.state = state["sampler"]
-
-
 def _fork_rng(device: str):
     """A copy of the RNGs for validation and rollouts: the training stream (and resume) stays unchanged."""
     cuda = str(device).startswith("cuda")
@@ -245,199 +235,214 @@ def _evaluate(policy, cfg: DictConfig, step: int, out: Path) -> dict[str, Any]:
     return res
 
 
-def _open_run(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """(config to run, checkpoint to resume or None); refuses to overwrite a run without resume=true."""
-    return open_run(cfg, "il", RESUME_KEYS,
-                    ("steps", "progress", "threads", "eval_every", "eval_episodes", "eval_batch", "video",
-                     "checkpoint_every", "val_every", "log_every", "device"))
+#: keys a resumed run may change freely: how far to go and how to report
+RESUME_FREE = ("steps", "eval_every", "eval_episodes", "eval_batch", "video", "checkpoint_every", "val_every",
+               "log_every", "checkpoint_minutes")
+SPEC = RunSpec(kind="il", step_key="step", overridable=RESUME_FREE, weights=(("policy",), ("ema",)))
+
+
+class ILLoop(Loop):
+    """Imitation learning as units of work: one gradient step (with its log and validation rows when
+    due), or one rollout evaluation. The checkpoint before an evaluation keeps the training before it,
+    so an evaluation cut off (IBC's take ~30 min on a CPU) costs only itself."""
+
+    def __init__(self, cfg: DictConfig, state: dict | None):
+        from difftop.data import SequenceDataset, load_dataset
+        from difftop.il.policies import build_policy, policy_from_spec
+        from difftop.il.rollout import get_task
+
+        self.cfg = cfg
+        task = get_task(cfg.task)
+        obs_keys = list(task.keys(cfg.obs))
+        data = load_dataset(cfg.data)
+        task.derive(data, cfg.obs)
+        for k in [*obs_keys, "action"]:
+            data[k]  # a UserError naming the file when a key is missing
+        obs_shapes = {k: tuple(int(s) for s in data[k].shape[1:]) for k in obs_keys}
+        action_dim = int(data["action"].shape[1])
+
+        if state is not None:
+            policy = policy_from_spec(state["spec"])
+            spec = state["spec"]
+        else:
+            base = None
+            if cfg.base:
+                base, _ = load_policy(cfg.base)
+                bmeta = base.shape_meta
+                if dict(bmeta.obs) != obs_shapes or bmeta.action_dim != action_dim:
+                    raise UserError(f"base {cfg.base} was trained on observations {dict(bmeta.obs)} / action "
+                                    f"dim {bmeta.action_dim}, this run has {obs_shapes} / {action_dim}")
+            params = OmegaConf.to_container(cfg.policy_params, resolve=True)  # plain lists/dicts in the spec
+            policy, spec = build_policy(cfg.policy, obs_shapes, action_dim, params, base)
+            if not getattr(policy, "follow_base_chunks", False):  # IBC queries its base once per chunk
+                chunk_warning(base, policy.shape_meta.n_action_steps, cfg.policy)
+        meta = policy.shape_meta
+        full = SequenceDataset(data, obs_keys, "action", horizon=meta.horizon, obs_horizon=meta.obs_horizon,
+                               n_action_steps=meta.n_action_steps)
+        self.train_ds, self.val_ds = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
+        if len(self.train_ds) == 0:
+            raise UserError(f"{cfg.data}: no training windows (episodes shorter than the policy's horizon "
+                            f"{meta.horizon}?)")
+        policy.set_normalizer(fit_normalizer(data, self.train_ds.steps(), obs_keys))
+        if state is None and cfg.get("weights"):
+            load_weights(policy, cfg.weights, cfg.policy)
+        policy.to(cfg.device)
+        self.policy, self.spec = policy, spec
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
+        self.ema = copy.deepcopy(policy).requires_grad_(False) if cfg.ema_decay > 0 else None
+        self.sampler = np.random.default_rng(cfg.seed)
+        self.step_, self.skipped, self.last_eval = 0, 0, None
+        # an evaluation owed at this step (steps=0 evaluates the policy as it is)
+        self.eval_owed = int(cfg.steps) == 0 and bool(cfg.eval_episodes)
+        self.base_cache = None
+        self.sums: dict[str, float] = {}
+        self.n_sum, self.t_log = 0, time.time()
+        self.ckpt_every = int(cfg.checkpoint_every or cfg.eval_every or cfg.steps or 1)
+        self.policy.train()
+
+    # ---- state
+    def progress(self) -> int:
+        return self.step_
+
+    def finished(self) -> bool:
+        return self.step_ >= self.cfg.steps and not self.eval_owed
+
+    def state_dict(self) -> dict:
+        return {"spec": self.spec, "policy": self.policy.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "sampler": self.sampler.bit_generator.state, "step": self.step_, "skipped": self.skipped,
+                "last_eval": self.last_eval, "n_train_episodes": len(self.train_ds.episodes),
+                "eval_pending": self.eval_owed, "log_sums": dict(self.sums), "log_n": self.n_sum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        sampler = state.get("sampler") or state["rng"]["sampler"]  # v1 kept it with the global RNGs
+        self.sampler.bit_generator.state = sampler
+        self.step_, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+        self.last_eval, self.eval_owed = state.get("last_eval"), bool(state.get("eval_pending"))
+        self.sums, self.n_sum = dict(state.get("log_sums") or {}), int(state.get("log_n", 0))
+
+    def start(self) -> None:
+        """The frozen base's action cache, after the restore (the base's weights are in the checkpoint).
+        An old run's config has no base_cache: it goes on querying its base on every batch, as it began."""
+        cfg = self.cfg
+        if cfg.get("base_cache") and cfg.base:  # None for a policy that trains without its base (IBC)
+            t0 = time.time()
+            self.base_cache = base_action_cache(self.policy, self.train_ds, cfg.device, int(cfg.seed))
+            if self.base_cache is not None:
+                print(f"base_cache: the base's actions for {len(self.train_ds)} training windows, "
+                      f"{time.time() - t0:.0f} s")
+
+    def describe(self) -> str:
+        c = self.cfg
+        return f"{c.policy} {c.task} {c.obs} s{c.seed}"
+
+    def summary(self) -> dict:
+        return {"step": self.step_, "skipped": self.skipped, "last_eval": self.last_eval}
+
+    # ---- units
+    def step(self, ctx: Context) -> bool:
+        if self.eval_owed:
+            self._evaluate(ctx)
+            self.eval_owed = False
+            return True
+        return self._train_step(ctx)
+
+    def _evaluate(self, ctx: Context) -> None:
+        cfg = self.cfg
+        ctx.note("evaluating")
+        evaluator = self.ema if self.ema is not None else self.policy
+        res = _evaluate(evaluator, cfg, self.step_, ctx.out)
+        ctx.crash_point("il.evaluated")
+        self.policy.train()
+        self.last_eval = {k: res[k] for k in ("success_rate", "mean_max_coverage")}
+        ctx.log("eval", {"step": self.step_, "wall_time": ctx.wall(), "success_rate": res["success_rate"],
+                         "mean_max_coverage": res["mean_max_coverage"],
+                         "std_max_coverage": res["std_max_coverage"], "mean_length": res["mean_length"],
+                         "episodes": res["episodes"]})
+
+    def _train_step(self, ctx: Context) -> bool:
+        cfg, policy = self.cfg, self.policy
+        # the same draw as train_ds.sample
+        idx = self.sampler.integers(0, len(self.train_ds), size=int(cfg.batch_size))
+        batch = self.train_ds.get_batch(idx)
+        if self.base_cache is not None:
+            batch["base_action"] = self.base_cache[idx]
+        batch = _to(batch, cfg.device)
+        loss, metrics = policy.compute_loss(batch)
+        ok = bool(torch.isfinite(loss))
+        gn = math.nan
+        if ok:
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = float(cfg.grad_clip) if cfg.grad_clip else math.inf
+            gn = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            ok = math.isfinite(gn)
+            if ok:
+                self.opt.step()
+                if self.ema is not None:
+                    _ema_update(self.ema, policy, float(cfg.ema_decay))
+            self.opt.zero_grad(set_to_none=True)
+        self.skipped += not ok
+        self.sched.step()
+        self.step_ += 1
+        step = self.step_
+        if ok:
+            for k, v in {"loss": loss.item(), "grad_norm": gn, **metrics}.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.n_sum += 1
+        ctx.advance(1, loss=f"{loss.item():.4g}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.time()
+            row = {"step": step, "wall_time": ctx.wall(), "lr": self.sched.get_last_lr()[0],
+                   "skipped": self.skipped,
+                   "steps_per_s": (step % cfg.log_every or cfg.log_every) / max(now - self.t_log, 1e-9)}
+            row.update({k: v / max(self.n_sum, 1) for k, v in self.sums.items()})
+            ctx.log("train", row)
+            self.sums, self.n_sum, self.t_log = {}, 0, now
+        if cfg.val_every and len(self.val_ds) and (step % cfg.val_every == 0 or step == cfg.steps):
+            ctx.note("validating")
+            evaluator = self.ema if self.ema is not None else policy
+            ctx.log("val", {"step": step, "wall_time": ctx.wall(), **_validate(evaluator, self.val_ds, cfg)})
+        self.eval_owed = bool(cfg.eval_episodes) and (step == cfg.steps
+                                                      or bool(cfg.eval_every) and step % cfg.eval_every == 0)
+        return self.eval_owed or step == cfg.steps or step % self.ckpt_every == 0
+
+
+def _finished(state: dict, cfg: DictConfig) -> bool:
+    return int(state["step"]) >= cfg.steps and not state.get("eval_pending")
+
+
+def _summary(state: dict) -> dict:
+    return {"out_dir": str(Path(state.get("path", ".")).parent), "step": int(state["step"]),
+            "skipped": int(state.get("skipped", 0)), "last_eval": state.get("last_eval"),
+            "wall_time": float(state["wall_time"])}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one imitation-learning run; returns a summary dict."""
-    from difftop.data import SequenceDataset, load_dataset
-    from difftop.il.policies import build_policy, policy_from_spec
-    from difftop.il.rollout import get_task
+    cfg = resolve_config(cfg)
+    fresh: list[bool] = []
 
-    cfg, state = _open_run(resolve_config(cfg))
-    out = Path(cfg.out_dir)
-    if state is not None and finished_run(out, int(state["step"]), int(cfg.steps),
-                                          bool(state.get("eval_pending"))):
-        return {"out_dir": str(out), "step": int(state["step"]), "skipped": int(state.get("skipped", 0)),
-                "last_eval": state.get("last_eval"), "wall_time": float(state["wall_time"])}
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    def build(c: DictConfig, state: dict | None) -> ILLoop:
+        fresh.append(True)
+        return ILLoop(c, state)
 
-    task = get_task(cfg.task)
-    obs_keys = list(task.keys(cfg.obs))
-    data = load_dataset(cfg.data)
-    task.derive(data, cfg.obs)
-    for k in [*obs_keys, "action"]:
-        data[k]  # a UserError naming the file when a key is missing
-    obs_shapes = {k: tuple(int(s) for s in data[k].shape[1:]) for k in obs_keys}
-    action_dim = int(data["action"].shape[1])
-
-    if state is not None:
-        policy = policy_from_spec(state["spec"])
-        spec = state["spec"]
-    else:
-        base = None
-        if cfg.base:
-            base, _ = load_policy(cfg.base)
-            bmeta = base.shape_meta
-            if dict(bmeta.obs) != obs_shapes or bmeta.action_dim != action_dim:
-                raise UserError(f"base {cfg.base} was trained on observations {dict(bmeta.obs)} / action dim "
-                                f"{bmeta.action_dim}, this run has {obs_shapes} / {action_dim}")
-        params = OmegaConf.to_container(cfg.policy_params, resolve=True)  # plain lists/dicts in the spec
-        policy, spec = build_policy(cfg.policy, obs_shapes, action_dim, params, base)
-        if not getattr(policy, "follow_base_chunks", False):  # IBC queries its base once per chunk
-            chunk_warning(base, policy.shape_meta.n_action_steps, cfg.policy)
-    meta = policy.shape_meta
-    full = SequenceDataset(data, obs_keys, "action", horizon=meta.horizon, obs_horizon=meta.obs_horizon,
-                           n_action_steps=meta.n_action_steps)
-    train_ds, val_ds = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
-    if len(train_ds) == 0:
-        raise UserError(f"{cfg.data}: no training windows (episodes shorter than the policy's horizon "
-                        f"{meta.horizon}?)")
-    policy.set_normalizer(fit_normalizer(data, train_ds.steps(), obs_keys))
-    if state is None and cfg.get("weights"):
-        load_weights(policy, cfg.weights, cfg.policy)
-    policy.to(cfg.device)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = copy.deepcopy(policy).requires_grad_(False)
-    sampler = np.random.default_rng(cfg.seed)
-
-    step, wall_offset, skipped, last_eval = 0, 0.0, 0, None
-    if state is not None:
-        policy.load_state_dict(state["policy"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], sampler)
-        step, wall_offset = int(state["step"]), float(state["wall_time"])
-        skipped, last_eval = int(state.get("skipped", 0)), state.get("last_eval")
-    # After the restore (the base's weights are in the checkpoint). An old run's config has no
-    # base_cache: it goes on querying its base on every batch, as it began.
-    base_cache = None
-    if cfg.get("base_cache") and cfg.base:  # None for a policy that trains without its base (IBC)
-        t0 = time.time()
-        base_cache = base_action_cache(policy, train_ds, cfg.device, int(cfg.seed))
-        if base_cache is not None:
-            print(f"base_cache: the base's actions for {len(train_ds)} training windows, "
-                  f"{time.time() - t0:.0f} s")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    # a pending evaluation runs again first: drop its row if the cut-off run had already logged it
-    redo = ("eval",) if state is not None and state.get("eval_pending") else ()
-    logger = RunLogger(out, tensorboard=cfg.tensorboard, resume_step=step if state is not None else None,
-                       step_key="step", redo=redo)
-    ckpt_every = int(cfg.checkpoint_every or cfg.eval_every or cfg.steps or 1)
-    start = time.time()
-    evaluator = ema if ema is not None else policy
-
-    def wall() -> float:
-        return wall_offset + time.time() - start
-
-    def checkpoint(eval_pending: bool = False) -> None:
-        """``eval_pending``: saved just before a rollout evaluation, so that an evaluation cut off (a
-        session's end; IBC's take ~30 min) costs only itself: resume runs it first, then trains on."""
-        save_checkpoint(out / "checkpoint.pt", {
-            "kind": "il", "config": OmegaConf.to_container(cfg), "spec": spec, "policy": policy.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(sampler), "step": step, "wall_time": wall(),
-            "skipped": skipped, "last_eval": last_eval, "n_train_episodes": len(train_ds.episodes),
-            "eval_pending": eval_pending})
-
-    def run_eval() -> None:
-        nonlocal last_eval
-        if not cfg.eval_episodes:
-            return
-        bar.note("evaluating")
-        res = _evaluate(evaluator, cfg, step, out)
-        policy.train()
-        last_eval = {k: res[k] for k in ("success_rate", "mean_max_coverage")}
-        logger.log("eval", {"step": step, "wall_time": wall(), "success_rate": res["success_rate"],
-                            "mean_max_coverage": res["mean_max_coverage"],
-                            "std_max_coverage": res["std_max_coverage"], "mean_length": res["mean_length"],
-                            "episodes": res["episodes"]})
-
-    desc = f"{cfg.policy} {cfg.task} {cfg.obs} s{cfg.seed}"
-    bar = Progress(cfg.progress, int(cfg.steps), min(step, int(cfg.steps)), desc)
-    sums: dict[str, float] = {}
-    n_sum, t_log = 0, time.time()
-    policy.train()
-    try:
-        if state is None and step >= cfg.steps:  # steps=0: nothing to train, evaluate and save as it is
-            run_eval()
-            checkpoint()
-        elif state is not None and state.get("eval_pending"):  # the evaluation this checkpoint was saved for
-            run_eval()
-            checkpoint()
-        while step < cfg.steps:
-            idx = sampler.integers(0, len(train_ds), size=int(cfg.batch_size))  # = train_ds.sample's draw
-            batch = train_ds.get_batch(idx)
-            if base_cache is not None:
-                batch["base_action"] = base_cache[idx]
-            batch = _to(batch, cfg.device)
-            loss, metrics = policy.compute_loss(batch)
-            ok = bool(torch.isfinite(loss))
-            gn = math.nan
-            if ok:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                clip = float(cfg.grad_clip) if cfg.grad_clip else math.inf
-                gn = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                ok = math.isfinite(gn)
-                if ok:
-                    opt.step()
-                    if ema is not None:
-                        _ema_update(ema, policy, float(cfg.ema_decay))
-                opt.zero_grad(set_to_none=True)
-            skipped += not ok
-            sched.step()
-            step += 1
-            if ok:
-                for k, v in {"loss": loss.item(), "grad_norm": gn, **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_sum += 1
-            bar.update(1, loss=f"{loss.item():.4g}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.time()
-                row = {"step": step, "wall_time": wall(), "lr": sched.get_last_lr()[0], "skipped": skipped,
-                       "steps_per_s": (step % cfg.log_every or cfg.log_every) / max(now - t_log, 1e-9)}
-                row.update({k: v / max(n_sum, 1) for k, v in sums.items()})
-                logger.log("train", row)
-                sums, n_sum, t_log = {}, 0, now
-            if cfg.val_every and len(val_ds) and (step % cfg.val_every == 0 or step == cfg.steps):
-                bar.note("validating")
-                logger.log("val", {"step": step, "wall_time": wall(), **_validate(evaluator, val_ds, cfg)})
-            evaluating = bool(cfg.eval_episodes) and (step == cfg.steps
-                                                      or bool(cfg.eval_every) and step % cfg.eval_every == 0)
-            if evaluating:
-                checkpoint(eval_pending=True)
-                run_eval()
-            if evaluating or step == cfg.steps or step % ckpt_every == 0:
-                checkpoint()
-    except KeyboardInterrupt:
-        bar.close()
-        logger.close()
-        print(f"interrupted: the last checkpoint in {out} is kept; continue with resume=true")
-        raise
-    bar.close()
-    logger.close()
-    summary = {"out_dir": str(out), "step": step, "skipped": skipped, "last_eval": last_eval,
-               "wall_time": wall()}
-    ev = "" if last_eval is None else (f", success {last_eval['success_rate']:.2f}, "
-                                       f"mean max coverage {last_eval['mean_max_coverage']:.3f}")
-    print(f"done: {cfg.policy} on {cfg.task} ({cfg.obs}), {step} steps ({skipped} skipped){ev}, "
-          f"{wall():.0f} s; results in {out}")
+    summary = engine.run(cfg, SPEC, build, _finished, _summary)
+    if fresh:
+        last = summary.get("last_eval")
+        ev = "" if not last else (f", success {last['success_rate']:.2f}, "
+                                  f"mean max coverage {last['mean_max_coverage']:.3f}")
+        print(f"done: {cfg.policy} on {cfg.task} ({cfg.obs}), {summary['step']} steps "
+              f"({summary['skipped']} skipped){ev}, {summary['wall_time']:.0f} s; "
+              f"results in {summary['out_dir']}")
     return summary
 
 

@@ -18,7 +18,6 @@ environment state needs saving.
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from difftop import engine
+from difftop.engine import Context, Loop, RunSpec
 from difftop.errors import UserError
 from difftop.rl.schedules import linear_schedule
-from difftop.utils.checkpoint import save_checkpoint
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
-from difftop.utils.runlog import RunLogger
-from difftop.utils.runstate import Progress, finished_run, global_rng_state, open_run, set_global_rng_state
 from difftop.utils.video import save_video
 
 __all__ = ["main", "resolve_config", "train", "evaluate", "build"]
@@ -154,173 +152,198 @@ def evaluate(agent, envs, episodes: int, step: int, seed_base: int, video_path: 
     return returns, written
 
 
+#: keys that identify the run (a resumed run keeps them) and keys it may change freely
+RESUME_FREE = ("steps", "eval_every", "eval_episodes", "video", "checkpoint_every", "checkpoint_minutes",
+               "buffer_device", "label", "save_buffer")
+SPEC = RunSpec(kind="rl", step_key="env_step", overridable=RESUME_FREE, weights=(("agent", "modules"),))
+
+
+class RLLoop(Loop):
+    """TD-MPC's loop as units of work: an evaluation, the collection of one episode, one gradient
+    update of the episode's learning burst, the episode's log row. Its state (counters, the burst in
+    progress) is in every checkpoint, so a burst cut off by a kill or by the clock goes on where it was."""
+
+    unit = "env step"
+
+    def __init__(self, cfg: DictConfig):
+        from difftop.rl.replay import ReplayBuffer
+
+        self.cfg = cfg
+        self.env, self.eval_envs, self.agent = build(cfg, eval_episodes=cfg.eval_episodes)
+        self.ar = cfg.action_repeat
+        self.L = cfg.episode_length // self.ar
+        capacity = cfg.buffer_capacity or max(math.ceil(cfg.steps / self.ar), self.L)
+        try:
+            self.buffer = ReplayBuffer(self.env.observation_space.shape, self.env.action_space.shape[0],
+                                       self.L, capacity, cfg.horizon, pixels=cfg.obs == "pixels",
+                                       alpha=cfg.per_alpha, beta=cfg.per_beta, device=cfg.buffer_device)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"a replay buffer of {capacity} transitions does not fit on {cfg.buffer_device}; "
+                            "set buffer_device=cpu or a smaller buffer_capacity") from None
+        self.ckpt_every = cfg.checkpoint_every or cfg.eval_every
+        self.agent_step, self.episode, self.next_eval, self.last_eval = 0, 0, 0, None
+        self.next_ckpt = self.ckpt_every
+        # the episode whose updates are not all done yet (a learning burst takes hours on a CPU)
+        self.pending: dict | None = None
+
+    # ---- state
+    def progress(self) -> int:
+        return self.agent_step * self.ar
+
+    def _eval_due(self) -> bool:
+        env_step = self.progress()
+        # No evaluations while the weights are still the initial ones (seed steps): they would
+        # repeat the step-0 result at the full cost of planning.
+        learning = self.agent_step >= self.cfg.seed_steps or env_step == 0 or env_step >= self.cfg.steps
+        if env_step >= self.next_eval and not learning:
+            self.next_eval = (env_step // self.cfg.eval_every + 1) * self.cfg.eval_every
+        return env_step >= self.next_eval
+
+    def finished(self) -> bool:
+        return self.pending is None and self.progress() >= self.cfg.steps and not self._eval_due()
+
+    def state_dict(self) -> dict:
+        return {"agent": self.agent.state_dict(), "agent_step": self.agent_step, "episode": self.episode,
+                "next_eval": self.next_eval, "next_ckpt": self.next_ckpt, "last_eval": self.last_eval,
+                "env_step": self.progress(), "pending": self.pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.agent_step, self.episode = int(state["agent_step"]), int(state["episode"])
+        self.next_eval, self.last_eval = int(state["next_eval"]), state.get("last_eval")
+        default = (self.progress() // self.ckpt_every + 1) * self.ckpt_every  # a v1 checkpoint has none
+        self.next_ckpt = int(state.get("next_ckpt") or default)
+        self.pending = _pending_v2(state.get("pending"))
+
+    def files(self) -> dict:
+        return {"buffer.npz": self.buffer.save} if self.cfg.save_buffer else {}
+
+    def restore_files(self, ckpt_dir: Path) -> None:
+        for path in (ckpt_dir / "buffer.npz", ckpt_dir.parent / "buffer.npz"):  # v2, then a v1 run folder
+            if path.exists():
+                self.buffer.load(path)
+                return
+        if self.agent_step:
+            print(f"warning: no replay buffer in {ckpt_dir}; resuming with an empty one")
+
+    def describe(self) -> str:
+        c = self.cfg
+        return f"{c.agent} {c.task} {c.obs} s{c.seed}"
+
+    def summary(self) -> dict:
+        return {"env_step": self.progress(), "episodes": self.episode, "last_eval": self.last_eval}
+
+    def close(self) -> None:
+        for env in [self.env, *self.eval_envs]:
+            env.close()
+
+    # ---- units
+    def step(self, ctx: Context) -> bool:
+        if self.pending is not None:
+            return self._learn(ctx)
+        if self._eval_due():
+            return self._evaluate(ctx)
+        self._collect(ctx)
+        return False
+
+    def _evaluate(self, ctx: Context) -> bool:
+        cfg, env_step = self.cfg, self.progress()
+        ctx.note("evaluating")
+        vid = ctx.out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None
+        rets, _ = evaluate(self.agent, self.eval_envs, cfg.eval_episodes, self.agent_step,
+                           10**6 + cfg.seed * 1000, vid)
+        ctx.crash_point("rl.evaluated")
+        self.last_eval = float(np.mean(rets))
+        ctx.log("eval", {"env_step": env_step, "episode": self.episode, "wall_time": ctx.wall(),
+                         "episode_reward": self.last_eval, "episode_reward_std": float(np.std(rets)),
+                         "episodes": len(rets)})
+        self.next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
+        return self._ckpt_due(env_step)
+
+    def _ckpt_due(self, env_step: int) -> bool:
+        if env_step >= self.next_ckpt:
+            self.next_ckpt = (env_step // self.ckpt_every + 1) * self.ckpt_every
+            return True
+        return False
+
+    def _collect(self, ctx: Context) -> None:
+        cfg, env, L = self.cfg, self.env, self.L
+        t_ep = time.time()
+        obs, _ = env.reset(seed=cfg.seed * 100003 + self.episode)
+        ep_obs = np.empty((L + 1, *env.observation_space.shape), dtype=env.observation_space.dtype)
+        ep_act = np.empty((L, env.action_space.shape[0]), dtype=np.float32)
+        ep_rew = np.empty((L,), dtype=np.float32)
+        ep_obs[0] = obs
+        for t in range(L):
+            action = self.agent.act(obs, step=self.agent_step + t, t0=t == 0)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            ep_obs[t + 1], ep_act[t], ep_rew[t] = obs, action, reward
+            ctx.advance(self.ar)
+            if (terminated or truncated) and t != L - 1:
+                raise RuntimeError(f"episode ended after {t + 1} agent steps, expected {L}")
+        start_step = self.agent_step
+        self.agent_step += L
+        self.episode += 1
+        self.buffer.add_episode(ep_obs, ep_act, ep_rew)
+        row = {"env_step": self.agent_step * self.ar, "episode": self.episode, "wall_time": 0.0,
+               "episode_reward": float(ep_rew.sum()), "collect_s": time.time() - t_ep}
+        row.update(self.agent.end_episode())
+        # TD-MPC: one update per collected step; when learning starts, one per step so far
+        n_up = 0
+        if self.agent_step >= cfg.seed_steps:
+            n_up = self.agent_step if start_step < cfg.seed_steps else L
+        self.pending = {"base": start_step, "total": n_up, "done": 0, "row": row, "update_s": 0.0}
+
+    def _learn(self, ctx: Context) -> bool:
+        p = self.pending
+        if p["done"] < p["total"]:  # one update of the burst
+            i = p["done"]
+            t_up = time.time()
+            p["row"].update(self.agent.update(self.buffer, p["base"] + i))
+            p["done"] = i + 1
+            p["update_s"] += time.time() - t_up
+            if p["total"] > self.L and i % 50 == 0:
+                ctx.note(f"pretraining update {i}/{p['total']}")
+            ctx.crash_point("rl.update")
+            return False
+        row = p["row"]  # the burst is done: the episode's row
+        row.update({"wall_time": ctx.wall(), "update_s": p["update_s"],
+                    "env_steps_per_s": self.L * self.ar / max(row["collect_s"] + p["update_s"], 1e-9)})
+        ctx.log("train", row)
+        self.pending = None
+        ctx.advance(0, ret=f"{row['episode_reward']:.0f}",
+                    eval=None if self.last_eval is None else f"{self.last_eval:.0f}")
+        env_step = self.progress()
+        # a checkpoint by cadence, unless an evaluation comes next (it checkpoints after itself)
+        return env_step < self.next_eval and self._ckpt_due(env_step)
+
+
+def _pending_v2(pending: dict | None) -> dict | None:
+    """A burst saved by an earlier version (no ``update_s`` kept per update) continues as it was."""
+    if not pending:
+        return None
+    return {"update_s": 0.0, **pending}
+
+
+def _finished(state: dict, cfg: DictConfig) -> bool:
+    env_step = int(state["env_step"])
+    return env_step >= cfg.steps and not state.get("pending") and int(state["next_eval"]) > env_step
+
+
+def _summary(state: dict) -> dict:
+    return {"out_dir": str(Path(state.get("path", ".")).parent), "env_step": int(state["env_step"]),
+            "episodes": int(state["episode"]), "last_eval": state.get("last_eval"),
+            "wall_time": float(state["wall_time"])}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary dict."""
     cfg = resolve_config(cfg)
-    # The saved run's settings win, except how far to go and how to report.
-    cfg, state = open_run(cfg, "rl",
-                          ("task", "obs", "agent", "seed", "action_repeat", "horizon", "episode_length"),
-                          ("steps", "progress", "threads", "eval_every", "eval_episodes", "video",
-                           "checkpoint_every", "checkpoint_minutes", "device", "buffer_device", "label"))
-    out = Path(cfg.out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    if state is not None and finished_run(out, int(state["env_step"]), int(cfg.steps),
-                                          bool(state.get("pending"))):
-        return {"out_dir": str(out), "env_step": int(state["env_step"]), "episodes": int(state["episode"]),
-                "last_eval": state.get("last_eval"), "wall_time": float(state["wall_time"])}
-
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    env, eval_envs, agent = build(cfg, eval_episodes=cfg.eval_episodes)
-    from difftop.rl.replay import ReplayBuffer
-
-    ar = cfg.action_repeat
-    L = cfg.episode_length // ar
-    total_agent_steps = math.ceil(cfg.steps / ar)
-    capacity = cfg.buffer_capacity or max(total_agent_steps, L)
-    try:
-        buffer = ReplayBuffer(env.observation_space.shape, env.action_space.shape[0], L, capacity,
-                              cfg.horizon, pixels=cfg.obs == "pixels", alpha=cfg.per_alpha, beta=cfg.per_beta,
-                              device=cfg.buffer_device)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(f"a replay buffer of {capacity} transitions does not fit on {cfg.buffer_device}; "
-                        "set buffer_device=cpu or a smaller buffer_capacity") from None
-
-    agent_step, episode, wall_offset, next_eval, last_eval = 0, 0, 0.0, 0, None
-    if state is not None:
-        agent.load_state_dict(state["agent"])
-        set_global_rng_state(state["rng"])
-        agent_step, episode = state["agent_step"], state["episode"]
-        wall_offset, next_eval, last_eval = state["wall_time"], state["next_eval"], state.get("last_eval")
-        buf_path = out / "buffer.npz"
-        if buf_path.exists():
-            buffer.load(buf_path)
-        elif agent_step:
-            print(f"warning: {buf_path} missing; resuming with an empty replay buffer")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    logger = RunLogger(out, tensorboard=cfg.tensorboard,
-                       resume_step=agent_step * ar if state is not None else None)
-    ckpt_every = cfg.checkpoint_every or cfg.eval_every
-    next_ckpt = (agent_step * ar // ckpt_every + 1) * ckpt_every
-    start = time.time()
-
-    def wall() -> float:
-        return wall_offset + time.time() - start
-
-    # An episode whose updates are not all done yet (a learning burst can take hours on a CPU):
-    # the checkpoint records it, so a resumed run finishes those updates first.
-    pending = dict(state.get("pending") or {}) if state is not None else {}
-    last_ckpt = time.time()
-
-    def checkpoint() -> None:
-        nonlocal last_ckpt
-        if cfg.save_buffer:
-            tmp = out / ".buffer.tmp.npz"
-            buffer.save(tmp)
-            tmp.replace(out / "buffer.npz")
-        save_checkpoint(ckpt_path, {
-            "kind": "rl", "config": OmegaConf.to_container(cfg), "agent": agent.state_dict(),
-            "rng": global_rng_state(), "agent_step": agent_step, "episode": episode, "wall_time": wall(),
-            "next_eval": next_eval, "last_eval": last_eval, "env_step": agent_step * ar,
-            "pending": pending or None})
-        last_ckpt = time.time()
-
-    desc = f"{cfg.agent} {cfg.task} {cfg.obs} s{cfg.seed}"
-    bar = Progress(cfg.progress, cfg.steps, min(agent_step * ar, cfg.steps), desc)
-    try:
-        while True:
-            if not pending:
-                env_step = agent_step * ar
-                # No evaluations while the weights are still the initial ones (seed steps): they
-                # would repeat the step-0 result at the full cost of planning.
-                learning = agent_step >= cfg.seed_steps or env_step == 0 or env_step >= cfg.steps
-                if env_step >= next_eval and not learning:
-                    next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
-                if env_step >= next_eval:
-                    bar.note("evaluating")
-                    vid = out / "videos" / f"eval_{env_step:08d}.mp4" if cfg.video else None
-                    rets, _ = evaluate(agent, eval_envs, cfg.eval_episodes, agent_step,
-                                       10**6 + cfg.seed * 1000, vid)
-                    last_eval = float(np.mean(rets))
-                    logger.log("eval", {"env_step": env_step, "episode": episode, "wall_time": wall(),
-                                        "episode_reward": last_eval,
-                                        "episode_reward_std": float(np.std(rets)), "episodes": len(rets)})
-                    next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
-                    if env_step >= next_ckpt or env_step >= cfg.steps:
-                        checkpoint()
-                        next_ckpt = (env_step // ckpt_every + 1) * ckpt_every
-                if env_step >= cfg.steps:
-                    checkpoint()
-                    break
-
-                # ---- collect one episode
-                t_ep = time.time()
-                obs, _ = env.reset(seed=cfg.seed * 100003 + episode)
-                ep_obs = np.empty((L + 1, *env.observation_space.shape), dtype=env.observation_space.dtype)
-                ep_act = np.empty((L, env.action_space.shape[0]), dtype=np.float32)
-                ep_rew = np.empty((L,), dtype=np.float32)
-                ep_obs[0] = obs
-                for t in range(L):
-                    action = agent.act(obs, step=agent_step + t, t0=t == 0)
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    ep_obs[t + 1], ep_act[t], ep_rew[t] = obs, action, reward
-                    bar.update(ar)
-                    if terminated or truncated:
-                        if t != L - 1:
-                            raise RuntimeError(f"episode ended after {t + 1} agent steps, expected {L}")
-                start_step = agent_step
-                agent_step += L
-                episode += 1
-                buffer.add_episode(ep_obs, ep_act, ep_rew)
-                row = {"env_step": agent_step * ar, "episode": episode, "wall_time": 0.0,
-                       "episode_reward": float(ep_rew.sum()), "collect_s": time.time() - t_ep}
-                row.update(agent.end_episode())
-                # TD-MPC: one update per collected step; when learning starts, one per step so far
-                n_up = 0
-                if agent_step >= cfg.seed_steps:
-                    n_up = agent_step if start_step < cfg.seed_steps else L
-                pending = {"base": start_step, "total": n_up, "done": 0, "row": row, "update_s": 0.0}
-
-            # ---- learn
-            row = pending["row"]
-            t_up = time.time()
-            while pending["done"] < pending["total"]:
-                i = pending["done"]
-                row.update(agent.update(buffer, pending["base"] + i))
-                pending["done"] = i + 1
-                if pending["total"] > L and i % 50 == 0:
-                    bar.note(f"pretraining update {i}/{pending['total']}")
-                overdue = time.time() - last_ckpt > 60 * cfg.checkpoint_minutes
-                if overdue and pending["done"] < pending["total"]:
-                    pending["update_s"] += time.time() - t_up
-                    t_up = time.time()
-                    checkpoint()
-            update_s = pending["update_s"] + time.time() - t_up
-            row.update({"wall_time": wall(), "update_s": update_s,
-                        "env_steps_per_s": L * ar / max(row["collect_s"] + update_s, 1e-9)})
-            logger.log("train", row)
-            pending = {}
-            bar.update(0, ret=f"{row['episode_reward']:.0f}",
-                       eval=None if last_eval is None else f"{last_eval:.0f}")
-            if agent_step * ar >= next_ckpt and agent_step * ar < next_eval:
-                checkpoint()
-                next_ckpt = (agent_step * ar // ckpt_every + 1) * ckpt_every
-    except KeyboardInterrupt:
-        bar.close()
-        logger.close()
-        print(f"interrupted: the last checkpoint in {out} is kept; continue with resume=true")
-        raise
-    bar.close()
-    logger.close()
-    summary = {"out_dir": str(out), "env_step": agent_step * ar, "episodes": episode,
-               "last_eval": last_eval, "wall_time": wall()}
-    print(f"done: {cfg.agent} on {cfg.task} ({cfg.obs}), {agent_step * ar} env steps, "
-          f"last eval return {last_eval:.1f}, {wall():.0f} s; results in {out}")
+    summary = engine.run(cfg, SPEC, lambda c, state: RLLoop(c), _finished, _summary)
+    if "episodes" in summary and summary.get("last_eval") is not None and "wall_time" in summary:
+        print(f"done: {cfg.agent} on {cfg.task} ({cfg.obs}), {summary['env_step']} env steps, "
+              f"last eval return {summary['last_eval']:.1f}, {summary['wall_time']:.0f} s; "
+              f"results in {summary['out_dir']}")
     return summary
 
 

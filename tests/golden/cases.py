@@ -91,7 +91,8 @@ def snapshot(out: Path, kind: str) -> dict:
     collected; IL: its policy's actions on the first training windows)."""
     snap = {name: _rows(out / f"{name}.csv") for name in ("train", "eval", "val")}
     if kind == "rl":
-        with np.load(out / "buffer.npz") as z:
+        buf = out / "checkpoint" / "buffer.npz"
+        with np.load(buf if buf.exists() else out / "buffer.npz") as z:
             key = next(k for k in ("action", "actions", "act") if k in z.files)
             snap["actions"] = np.round(np.asarray(z[key], dtype=np.float64).reshape(-1)[:400], 6).tolist()
     else:

@@ -167,12 +167,12 @@ def test_resuming_a_finished_run_rewrites_nothing(data, tmp_path, capsys):
     trained: config.yaml, checkpoint and logs byte for byte."""
     out = tmp_path / "run"
     assert _il(data, out, "bc", "checkpoint_every=2") == 0
-    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert {"config.yaml", "checkpoint.pt", "train.csv", "eval.csv"} <= set(files)
+    files = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"config.yaml", "checkpoint/model.safetensors", "train.csv", "eval.csv"} <= set(files)
     capsys.readouterr()
     assert _il(data, out, "bc", "checkpoint_every=3", "eval_episodes=2", "resume=true") == 0
     assert "is finished (4 of steps=4 done); nothing to do" in capsys.readouterr().out
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
     assert _il(data, out, "bc", "steps=6", "resume=true") == 0  # a larger steps= trains on
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
     assert "steps: 6" in (out / "config.yaml").read_text()
@@ -212,24 +212,16 @@ def test_an_evaluation_cut_off_is_run_on_resume_without_training_again(data, tmp
 
 def test_an_evaluation_logged_but_not_checkpointed_is_not_logged_twice(data, tmp_path, monkeypatch):
     """Cut off between an evaluation's CSV row and the checkpoint after it: resume evaluates again
-    (the checkpoint still says eval_pending) and eval.csv keeps one row for that step."""
-    import difftop.il.train as train
-
+    (the checkpoint still owes it) and eval.csv keeps one row for that step."""
     extra = ["eval_every=2", "checkpoint_every=100"]
-    real = train.save_checkpoint
-
-    def cut_off_after_step_4_eval(path, state):
-        if state["step"] == 4 and not state["eval_pending"]:
-            raise KeyboardInterrupt  # the evaluation's row is written, its checkpoint is not
-        real(path, state)
-
-    monkeypatch.setattr(train, "save_checkpoint", cut_off_after_step_4_eval)
+    # checkpoints: the start, before the eval at 2, after it, before the eval at 4, after it (the 5th)
+    monkeypatch.setenv("DIFFTOP_CRASH_AT", "checkpoint.written:5:int")
     assert _il(data, tmp_path, "bc", *extra) == 130
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["eval_pending"]
+    monkeypatch.delenv("DIFFTOP_CRASH_AT")
+    assert load_checkpoint(tmp_path)["eval_pending"]
     assert [r["step"] for r in _rows(tmp_path / "eval.csv")] == ["2", "4"]
-    monkeypatch.setattr(train, "save_checkpoint", real)
     assert _il(data, tmp_path, "bc", *extra, "resume=true") == 0
-    assert not load_checkpoint(tmp_path / "checkpoint.pt")["eval_pending"]
+    assert not load_checkpoint(tmp_path)["eval_pending"]
     assert [r["step"] for r in _rows(tmp_path / "eval.csv")] == ["2", "4"]
     assert [r["step"] for r in _rows(tmp_path / "train.csv")] == ["2", "4"]
 
@@ -244,8 +236,12 @@ def test_bad_input_is_one_line_with_exit_code_2(data, bc_run, tmp_path, capsys):
     (bad / "garbage").write_text("x")
     assert _il(bad, tmp_path / "b", "bc") == 2
     assert "bad.zarr" in capsys.readouterr().err
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes((bc_run / "checkpoint.pt").read_bytes()[:200])  # truncated
+    import shutil
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(bc_run / "checkpoint", corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # truncated
     assert main(["eval", f"checkpoint={corrupt}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unreadable" in err

@@ -1,0 +1,265 @@
+"""The run engine: one resumable loop under every long command (``difftop rl``, ``difftop il``).
+
+A command is a :class:`Loop`: a unit of work (:meth:`Loop.step`: one episode collected, one update,
+one evaluation, one gradient step) plus its state. The engine owns everything around it: opening,
+refusing or resuming the run folder, seeding, threads, the config written beside the run, the logs
+(CSV + TensorBoard), the progress bar, checkpoint cadence and commits, and interrupts.
+
+Why units: a checkpoint may then be taken between any two of them (by cadence, by the clock inside
+an hours-long learning burst, or on Ctrl-C / SIGTERM), and because it commits the loop's state, the
+RNG states, extra files (the replay buffer) and the CSV row counts together
+(:func:`difftop.utils.checkpoint.commit_checkpoint`), a run killed at any instant resumes to exactly
+the run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difftop.engine.faults import crash_point
+from difftop.engine.rundir import RunSpec, open_run
+from difftop.errors import UserError
+from difftop.utils.checkpoint import commit_checkpoint, recover
+from difftop.utils.checks import require_int, require_number, require_seed, require_writable_dir
+from difftop.utils.runlog import RunLogger
+
+__all__ = ["Loop", "Context", "run", "validate_run_keys", "global_rng_state", "set_global_rng_state"]
+
+
+def global_rng_state() -> dict:
+    """torch, numpy and python global RNG states (what a resumed run must restore)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_global_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def validate_run_keys(cfg: DictConfig) -> None:
+    """The keys every run has, checked before anything slow starts."""
+    require_seed("seed", cfg.get("seed"))
+    require_int("threads", cfg.get("threads"), 0)
+    require_writable_dir("out_dir", cfg.get("out_dir"))
+    require_number("checkpoint_minutes", cfg.get("checkpoint_minutes"), 0, optional=True)
+    allow = cfg.get("allow_change")
+    if allow is not None and not OmegaConf.is_list(allow) and not isinstance(allow, list):
+        raise UserError(f"allow_change must be a list of keys, e.g. allow_change=[lr], got {allow!r}")
+
+
+class Context:
+    """What a loop's units use of the engine: logging, the progress bar, the run folder, the clock."""
+
+    def __init__(self, out: Path, logger: RunLogger, bar: Any, wall_offset: float):
+        self.out = out
+        self.logger = logger
+        self.bar = bar
+        self._start = time.time()
+        self._offset = wall_offset
+
+    def wall(self) -> float:
+        """Seconds the run has trained, over all its resumptions."""
+        return self._offset + time.time() - self._start
+
+    def log(self, category: str, row: dict) -> None:
+        self.logger.log(category, row)
+
+    def advance(self, n: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
+    crash_point = staticmethod(crash_point)
+
+
+class Loop(ABC):
+    """One kind of run. Subclasses build everything in ``__init__`` (envs, models, data) and keep their
+    whole state in :meth:`state_dict`, so that a run is the same run after any resume."""
+
+    #: units of progress the bar counts, e.g. "step"
+    unit: str = "step"
+
+    @abstractmethod
+    def progress(self) -> int:
+        """Work done so far, in the units of ``cfg.steps``."""
+
+    @abstractmethod
+    def finished(self) -> bool:
+        """Nothing left to do (the target reached, no evaluation or update owed)."""
+
+    @abstractmethod
+    def step(self, ctx: Context) -> bool:
+        """Do one unit of work; True when a checkpoint is due after it (the loop's own cadence)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Everything to resume from (weights under the spec's ``weights`` subtrees)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Called once before the first unit, after a resumed run's state is restored."""
+
+    def files(self) -> dict[str, Callable[[Path], None]]:
+        """Extra files committed with each checkpoint (name -> writer), e.g. the replay buffer."""
+        return {}
+
+    def restore_files(self, ckpt_dir: Path) -> None:  # noqa: B027 - optional hook
+        """Read back the extra files of the checkpoint being resumed."""
+
+    def describe(self) -> str:
+        """The progress bar's label."""
+        return ""
+
+    def summary(self) -> dict:
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release environments and renderers."""
+
+
+class _Interrupts:
+    """SIGINT / SIGTERM set a flag that the engine checks between units (it then checkpoints and stops);
+    a second Ctrl-C stops at once, keeping the last checkpoint."""
+
+    def __init__(self):
+        self.flag: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.flag is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = signal.Signals(signum).name
+        print(f"\n{self.flag}: saving a checkpoint after this step (Ctrl-C again to stop now, keeping the "
+              f"last checkpoint)", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _finished_message(out: Path, done: int, steps: int) -> None:
+    print(f"{out} is finished ({done} of steps={steps} done); nothing to do, nothing rewritten "
+          f"(pass a larger steps= to train on)")
+
+
+def run(cfg: DictConfig, spec: RunSpec, build: Callable[[DictConfig, dict | None], Loop],
+        finished: Callable[[dict, DictConfig], bool], summary_of: Callable[[dict], dict]) -> dict:
+    """Run (or resume) one run; returns the loop's summary.
+
+    ``build(cfg, state)`` makes the loop (``state``: the checkpoint being resumed, or None; the engine
+    loads it into the loop afterwards); ``finished(state, cfg)`` says from a checkpoint alone whether
+    a resumed run has nothing left to do (it is then left untouched); ``summary_of(state)`` is that
+    run's summary.
+    """
+    validate_run_keys(cfg)
+    out = Path(cfg.out_dir)
+    cfg, state = open_run(cfg, spec)
+    if state is not None and finished(state, cfg):
+        _finished_message(out, int(state.get(spec.step_key, state.get("step", 0))), int(cfg.steps))
+        return summary_of(state)
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    loop = build(cfg, state)
+    try:
+        return _drive(cfg, spec, loop, state, out)
+    finally:
+        loop.close()
+
+
+def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: Path) -> dict:
+    if state is not None:
+        loop.load_state_dict(state)
+        set_global_rng_state(state["rng"])
+        if state.get("path"):
+            loop.restore_files(Path(state["path"]))
+    loop.start()
+    # Only now, with everything built, is the folder touched: a cut-off checkpoint swap is finished,
+    # the logs cut back to the checkpoint (or emptied for a fresh start).
+    out.mkdir(parents=True, exist_ok=True)
+    recover(out)
+    rows = None if state is not None and "logs" not in state else (state or {}).get("logs", {})
+    resume_step = int(loop.progress()) if state is not None else None
+    logger = RunLogger(out, tensorboard=bool(cfg.get("tensorboard", True)), step_key=spec.step_key,
+                       rows=rows, resume_step=resume_step)
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(OmegaConf.to_yaml(cfg))
+    tmp.replace(out / "config.yaml")
+
+    bar = None
+    if cfg.get("progress", True):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(cfg.steps), initial=min(loop.progress(), int(cfg.steps)), desc=loop.describe(),
+                   unit=loop.unit, dynamic_ncols=True, smoothing=0.05)
+    ctx = Context(out, logger, bar, float(state["wall_time"]) if state is not None else 0.0)
+    minutes = cfg.get("checkpoint_minutes")
+    last = time.time()
+
+    def checkpoint() -> None:
+        nonlocal last
+        ctx.note("checkpointing")
+        st = loop.state_dict()
+        st.update({"kind": spec.kind, "config": OmegaConf.to_container(cfg), "rng": global_rng_state(),
+                   "wall_time": ctx.wall()})
+        commit_checkpoint(out, st, weights=spec.weights, files=loop.files(), logs=logger.counts(),
+                          crash=crash_point)
+        last = time.time()
+
+    stopped = None
+    try:
+        with _Interrupts() as interrupts:
+            if state is None:
+                checkpoint()  # the run exists from its first instant: resume=true always finds it
+            while not loop.finished():
+                due = loop.step(ctx)
+                crash_point("step")
+                overdue = minutes is not None and time.time() - last >= 60 * float(minutes)
+                if due or overdue or interrupts.flag or loop.finished():
+                    checkpoint()
+                if interrupts.flag:
+                    stopped = interrupts.flag
+                    break
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        logger.close()
+        print(f"interrupted: the last checkpoint in {out} is kept; continue with resume=true")
+        raise
+    if bar is not None:
+        bar.close()
+    logger.close()
+    if stopped:
+        print(f"stopped ({stopped}): checkpoint saved in {out} at {loop.progress()} of {cfg.steps}; "
+              f"continue with resume=true")
+        raise KeyboardInterrupt
+    return {"out_dir": str(out), "wall_time": ctx.wall(), **loop.summary()}
