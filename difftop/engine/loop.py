@@ -15,6 +15,7 @@ the run that was never stopped.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import threading
 import time
@@ -231,8 +232,13 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
         st = loop.state_dict()
         st.update({"kind": spec.kind, "config": OmegaConf.to_container(cfg), "rng": global_rng_state(),
                    "wall_time": ctx.wall()})
-        commit_checkpoint(out, st, weights=spec.weights, files=loop.files(), logs=logger.counts(),
-                          crash=crash_point)
+        try:
+            commit_checkpoint(out, st, weights=spec.weights, files=loop.files(), logs=logger.counts(),
+                              crash=crash_point)
+        except OSError as e:  # a full disk, a vanished folder: the last checkpoint stays as it was
+            shutil.rmtree(out / ".checkpoint.new", ignore_errors=True)
+            raise UserError(f"cannot write a checkpoint in {out} ({e.strerror or e}); the last checkpoint is "
+                            f"kept: free space, then continue with resume=true") from None
         last = time.time()
 
     stopped = None
@@ -250,14 +256,12 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
                     stopped = interrupts.flag
                     break
     except KeyboardInterrupt:
+        print(f"\ninterrupted: the last checkpoint in {out} is kept; continue with resume=true")
+        raise
+    finally:
         if bar is not None:
             bar.close()
         logger.close()
-        print(f"interrupted: the last checkpoint in {out} is kept; continue with resume=true")
-        raise
-    if bar is not None:
-        bar.close()
-    logger.close()
     if stopped:
         print(f"stopped ({stopped}): checkpoint saved in {out} at {loop.progress()} of {cfg.steps}; "
               f"continue with resume=true")
