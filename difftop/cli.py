@@ -7,6 +7,7 @@ Usage::
     difftop bench trajopt --cfg job            # print the composed config, run nothing
     difftop bench trajopt --help               # the command's config and Hydra help
     difftop bench trajopt -m key=1,2           # multirun: one job per value
+    eval "$(difftop rl -sc install=bash)"      # shell completion of commands and keys (bash, zsh, fish)
 
 Every command is a Hydra app. :data:`COMMANDS` maps the command words to the Hydra config
 name (relative to ``difftop/configs``) and a ``"module.path:function"`` target. The target is
@@ -47,7 +48,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("demos",): ("demos", "difftop.il.demos:main"),
     ("il",): ("il", "difftop.il.train:main"),
     ("il-landscape",): ("il_landscape", "difftop.il.landscape:main"),
-    ("plot",): ("plot", "difftop.rl.plot:main"),
+    ("plot",): ("plot", "difftop.plot:main"),
     ("rl",): ("rl", "difftop.rl.trainer:main"),
     ("bench", "rl"): ("bench_rl", "difftop.bench.rl:main"),
     ("eval",): ("rl_eval", "difftop.evaluate:main"),
@@ -62,7 +63,7 @@ HELP: dict[tuple[str, ...], str] = {
     ("bench", "rl"): "training env-steps/s of TD-MPC and DiffTOP agents, in one process",
     ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
     ("eval",): "evaluate a saved checkpoint (RL: mean +- std return; IL: success rate, coverage) with videos",
-    ("plot",): "learning curves (mean +- std over seeds): RL returns vs env steps and wall-clock, IL success",
+    ("plot",): "learning curves (mean +- std over seeds): RL returns vs env steps and wall-clock, IL metrics",
 }
 
 #: command words -> config key that takes the command's positional words: ``difftop plot a b`` runs
@@ -193,8 +194,9 @@ def _check_number_types(cfg: Any, config_name: str) -> None:
     walk(defaults, cfg, "")
 
 
-def run_command(cmd: tuple[str, ...], args: Sequence[str]) -> int:
-    """Run the registered command ``cmd`` as a Hydra app with the arguments ``args``."""
+def run_command(cmd: tuple[str, ...], args: Sequence[str], prog: str | None = None) -> int:
+    """Run the registered command ``cmd`` as a Hydra app with the arguments ``args`` (``prog``: the
+    program name Hydra sees, by default ``difftop <command>``)."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
@@ -221,7 +223,7 @@ def run_command(cmd: tuple[str, ...], args: Sequence[str]) -> int:
 
     saved_argv = sys.argv
     # Hydra parses sys.argv[1:]; argv[0] (no slash) becomes the program name in its usage text.
-    sys.argv = [f"difftop {_name(cmd)}", *args]
+    sys.argv = [prog or f"difftop {_name(cmd)}", *args]
     try:
         app()
         code = 0
@@ -233,6 +235,75 @@ def run_command(cmd: tuple[str, ...], args: Sequence[str]) -> int:
     if code == 0:
         code = next((c for c in codes if c != 0), 0)
     return code
+
+
+#: Hydra's shell-completion flag. The script that ``difftop <command> -sc install=bash`` prints asks
+#: for completions by running ``difftop -sc query=bash`` with the line typed so far in ``COMP_LINE``.
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
+def _is_word(word: str) -> bool:
+    """A command word or positional word: neither a flag nor a ``key=value``."""
+    return not word.startswith("-") and "=" not in word
+
+
+def _command_of(words: Sequence[str]) -> tuple[str, ...] | None:
+    """The longest registered command that ``words`` start with."""
+    return next((tuple(words[:n]) for n in range(len(words), 0, -1) if tuple(words[:n]) in COMMANDS), None)
+
+
+def shell_completion(argv: Sequence[str]) -> int:
+    """Hydra's shell completion through the ``difftop`` dispatcher.
+
+    Why here: Hydra's script calls the program without the command words (``difftop -sc query=bash``),
+    so only the dispatcher can tell which command's config to complete: it reads the command from the
+    typed line (``COMP_LINE``, up to ``COMP_POINT``), completes command words itself, and hands the
+    rest of the line to that command's Hydra app with the command words (and positional words, which
+    are not overrides) removed. ``install``/``uninstall`` run through Hydra as ``difftop``, so the
+    script it prints registers the ``difftop`` program (the same script for every command).
+    """
+    words, rest = _split_command(argv)
+    cmd = _command_of(words) or min(COMMANDS)
+    asked = [w for w in rest if w.partition("=")[0] in ("install", "uninstall", "query")]
+    if len(asked) != 1:
+        print(f"error: {' / '.join(COMPLETION_FLAGS)} takes one of install=<shell>, uninstall=<shell>, "
+              f"query=<shell> (shells: bash, zsh, fish)", file=sys.stderr)
+        return EXIT_USAGE
+    query = asked[0].partition("=")[2] if asked[0].startswith("query=") else None
+    if query is None:  # install= / uninstall=: Hydra's own script
+        return run_command(cmd, rest, prog="difftop")
+    line = os.environ.get("COMP_LINE", "")
+    point = os.environ.get("COMP_POINT", "")
+    if point.isdigit() and int(point) <= len(line):
+        line = line[: int(point)]
+    new_word = not line or line[-1].isspace()
+    typed = line.split()[1:]  # the first word is the program
+    done, current = (typed, "") if new_word else (typed[:-1], typed[-1])
+    n = 0
+    while n < len(done) and _is_word(done[n]):
+        n += 1
+    cmd = _command_of(done[:n])
+    if cmd is None:  # still typing the command: complete its words
+        choices = sorted({c[n] for c in COMMANDS if len(c) > n and c[:n] == tuple(done) and
+                          c[n].startswith(current)}) if n == len(done) and _is_word(current) else []
+        print(("\n" if query == "fish" else " ").join(choices))
+        return 0
+    after = done[len(cmd):]
+    k = 0
+    while k < len(after) and _is_word(after[k]):  # positional words: not Hydra overrides
+        k += 1
+    hydra_words = ["difftop", *after[k:], *([current] if current else [])]
+    hydra_line = " ".join(hydra_words) + (" " if new_word else "")
+    saved = {key: os.environ.get(key) for key in ("COMP_LINE", "COMP_POINT")}
+    os.environ["COMP_LINE"], os.environ["COMP_POINT"] = hydra_line, str(len(hydra_line))
+    try:
+        return run_command(cmd, ["-sc", f"query={query}"], prog="difftop")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"difftop {__version__}")
         return 0
+
+    if any(w in COMPLETION_FLAGS for w in argv):
+        return shell_completion(argv)
 
     words, rest = _split_command(argv)
     # the longest registered command that the leading words start with

@@ -312,3 +312,77 @@ def test_a_number_setting_given_text_is_one_line(fake, capsys):
     assert calls() == []  # the command never ran
     assert cli.main(["fake", "run", "nested.lr=2", "x=3.5", "name=7"]) == 0  # numbers, and text -> a number
     assert calls()[0]["cfg"]["nested"]["lr"] == 2 and calls()[0]["cfg"]["name"] == 7
+
+
+# -- shell completion (Hydra's -sc through the dispatcher) -------------------------------------
+
+
+def _complete(line: str, monkeypatch, capsys, shell: str = "bash", point: int | None = None) -> list[str]:
+    """What ``difftop -sc query=<shell>`` answers for the typed ``line``, as Hydra's installed script asks."""
+    monkeypatch.setenv("COMP_LINE", line)
+    monkeypatch.setenv("COMP_POINT", str(len(line) if point is None else point))
+    capsys.readouterr()
+    assert cli.main(["-sc", f"query={shell}"]) == 0
+    out = capsys.readouterr().out
+    return out.splitlines() if shell == "fish" else out.split()
+
+
+@pytest.mark.parametrize(
+    "line, present, absent",
+    [
+        ("difftop rl tas", {"task="}, {"checkpoint="}),
+        ("difftop rl ", {"agent=", "task=", "steps=", "preset="}, {"checkpoint=", "rl"}),
+        ("difftop eval ", {"checkpoint=", "episodes=", "out_dir="}, {"agent="}),
+        ("difftop eval seed=3 chec", {"checkpoint="}, {"seed="}),
+        ("difftop rl agent=tdmpc preset=", {"preset=cpu", "preset=quick"}, {"task="}),
+        ("difftop plot runs/a runs/b ou", {"out="}, set()),  # positional words are not overrides
+        ("difftop bench trajopt ", {"only.", "dtype=", "warmup="}, {"agent="}),
+        ("difftop ", {"rl", "il", "il-landscape", "eval", "plot", "bench", "demos"}, {"trajopt"}),
+        ("difftop il", {"il", "il-landscape"}, {"rl"}),
+        ("difftop bench ", {"rl", "trajopt"}, {"bench"}),
+        ("difftop nosuch ", set(), {"rl", "task="}),
+    ],
+)
+def test_completion_lists_the_typed_commands_keys(line, present, absent, monkeypatch, capsys):
+    got = set(_complete(line, monkeypatch, capsys))
+    assert present <= got and not absent & got, sorted(got)
+
+
+def test_completion_reads_the_line_up_to_the_cursor_and_answers_fish(monkeypatch, capsys):
+    line = "difftop rl tas obs=state"
+    assert _complete(line, monkeypatch, capsys, point=len("difftop rl tas")) == ["task="]
+    assert "task=" in _complete("difftop rl ta", monkeypatch, capsys, shell="fish")
+    assert _complete("difftop pl", monkeypatch, capsys, shell="fish") == ["plot"]
+
+
+def test_completion_install_registers_difftop_itself(capsys):
+    """Hydra's script registers the program it is given: `difftop`, not `difftop rl` (two words)."""
+    assert cli.main(["rl", "--shell-completion", "install=bash"]) == 0
+    script = capsys.readouterr().out
+    assert "$helper -sc query=bash" in script  # what the script runs: `difftop -sc query=bash`
+    assert script.rstrip().endswith("-F hydra_bash_completion difftop")
+    assert cli.main(["-sc", "install=bash"]) == 0
+    assert capsys.readouterr().out == script  # the same script from any command
+    assert cli.main(["rl", "-sc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(_venv_difftop() is None, reason=".venv/bin/difftop not installed (pip install -e .)")
+def test_installed_bash_completion_completes_keys(tmp_path):
+    """End to end: source the installed script in bash and run its completion function on a typed line."""
+    bin_dir = _venv_difftop().parent
+    script = textwrap.dedent(
+        """
+        eval "$(difftop rl --shell-completion install=bash)"
+        COMP_LINE="difftop rl tas"; COMP_POINT=${#COMP_LINE}; COMP_CWORD=2
+        hydra_bash_completion; echo "rl: ${COMPREPLY[*]}"
+        COMP_LINE="difftop eval chec"; COMP_POINT=${#COMP_LINE}; COMP_CWORD=2
+        hydra_bash_completion; echo "eval: ${COMPREPLY[*]}"
+        """
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert proc.stdout.splitlines() == ["rl: task=", "eval: checkpoint="], proc.stdout + proc.stderr

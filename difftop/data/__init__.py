@@ -3,7 +3,9 @@
 - :class:`EpisodeData`: episodes in memory (per-step arrays concatenated + ``episode_ends``).
 - :func:`load_zarr` / :func:`save_zarr` / :class:`ZarrEpisodeWriter`: diffusion_policy's layout.
 - :func:`load_robomimic` / :func:`save_robomimic`: robomimic's hdf5 layout.
-- :func:`load_dataset`: either, by file type.
+- :func:`load_dataset`: either, by file type, with the keys a policy trains on (``obs_keys``
+  chooses and concatenates a robomimic file's observations); :func:`file_split`: the file's own
+  train/valid episodes (robomimic's masks). See :mod:`difftop.data.dataset`.
 - :class:`SequenceDataset`: observation-history / action-chunk windows with edge padding.
 - :class:`Normalizer`: per-key min-max or mean/std normalizers kept in a policy's state_dict.
 
@@ -12,9 +14,9 @@ Torch is imported only by the window dataset and the normalizers, so the writers
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from difftop.data.dataset import HDF5_SUFFIXES, file_split, load_dataset, robomimic_obs_keys
 from difftop.data.episodes import EpisodeData, split_episodes
 from difftop.data.hdf5_io import load_robomimic, save_robomimic
 from difftop.data.zarr_io import ZarrEpisodeWriter, load_zarr, save_zarr
@@ -22,29 +24,6 @@ from difftop.data.zarr_io import ZarrEpisodeWriter, load_zarr, save_zarr
 if TYPE_CHECKING:
     from difftop.data.normalizer import Normalizer
     from difftop.data.sequence import SequenceDataset
-
-HDF5_SUFFIXES = (".hdf5", ".h5", ".he5")
-
-
-def load_dataset(path: str | Path, keys: Any = None) -> EpisodeData:
-    """Read a zarr replay buffer (directory or ``.zarr.zip``) or a robomimic hdf5 file."""
-    from difftop.errors import UserError
-
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such dataset")
-    if p.suffix in HDF5_SUFFIXES:
-        return load_robomimic(p, keys)
-    if p.is_file():
-        import zipfile
-
-        import h5py
-
-        if h5py.is_hdf5(p):
-            return load_robomimic(p, keys)
-        if not zipfile.is_zipfile(p):
-            raise UserError(f"{p}: not a dataset: neither a robomimic hdf5 file nor a zarr replay buffer")
-    return load_zarr(p, keys)
 
 
 def __getattr__(name: str) -> Any:  # lazy torch-dependent exports
@@ -60,13 +39,16 @@ def __getattr__(name: str) -> Any:  # lazy torch-dependent exports
 
 
 __all__ = [
+    "HDF5_SUFFIXES",
     "EpisodeData",
     "Normalizer",
     "SequenceDataset",
     "ZarrEpisodeWriter",
+    "file_split",
     "load_dataset",
     "load_robomimic",
     "load_zarr",
+    "robomimic_obs_keys",
     "save_robomimic",
     "save_zarr",
     "split_episodes",

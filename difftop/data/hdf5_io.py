@@ -12,11 +12,21 @@ In memory (:class:`EpisodeData`) the keys are the paths inside a demo: ``actions
 ``rewards``, ``dones``, ``obs/<key>`` (and ``next_obs/<key>`` on request); demos are ordered by
 their number (``demo_2`` before ``demo_10``); ``mask/<name>`` becomes a boolean per-episode
 array in ``episode_meta``; ``env_args`` is parsed into ``attrs["env_args"]``.
+
+Why difftop marks its own files: robomimic's layout has no place for difftop's key names
+(``action``, ``state``, ``img``), its per-episode values (``episode_seed``) or its attributes
+(``next_seed``), so a file difftop wrote could not be trained on or continued without being told
+what is in it. :func:`save_robomimic` therefore adds ``data.attrs["difftop"]`` (JSON:
+``keys``, file path -> difftop key; ``episode_meta``, names stored as demo attributes; ``attrs``)
+and writes through a temporary file, so a killed writer never leaves half a file at ``path``.
+A file without that attribute is a foreign robomimic file; ``difftop.data.load_dataset`` asks
+which observations to use.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +44,8 @@ from difftop.data.episodes import (
 from difftop.errors import UserError
 
 TOP_LEVEL = ("actions", "states", "rewards", "dones")
+#: ``data.attrs`` key of the JSON record difftop's writer adds (see the module docstring)
+DIFFTOP_ATTR = "difftop"
 _DEMO = re.compile(r"^demo_?(\d+)$")
 
 
@@ -126,11 +138,18 @@ def load_robomimic(
                 members = set(_decode(np.asarray(f["mask"][m][()])))
                 meta[f"mask/{m}"] = np.array([n in members for n in names])
         attrs = {k: _decode(v) for k, v in g.attrs.items()}
-        if isinstance(attrs.get("env_args"), str):
-            try:
-                attrs["env_args"] = json.loads(attrs["env_args"])
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: data.attrs['env_args'] is not JSON ({e})") from e
+        for key in ("env_args", DIFFTOP_ATTR):
+            if isinstance(attrs.get(key), str):
+                try:
+                    attrs[key] = json.loads(attrs[key])
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: data.attrs[{key!r}] is not JSON ({e})") from e
+        if DIFFTOP_ATTR in attrs:
+            for k in attrs[DIFFTOP_ATTR].get("episode_meta", []):
+                missing = [n for n in names if k not in g[n].attrs]
+                if missing:
+                    raise UserError(f"{path}: data/{missing[0]} lacks the attribute {k!r} that difftop wrote")
+                meta[k] = np.array([g[n].attrs[k] for n in names])
         total = attrs.get("total")
         if total is not None and int(total) != int(sum(lengths)):
             raise UserError(f"{path}: data.attrs['total'] is {total} but the demos hold {sum(lengths)} steps")
@@ -148,7 +167,9 @@ def save_robomimic(
     ``action_key`` is written as ``actions``; ``states``/``rewards``/``dones`` at the top level
     (rewards 0 and dones 1 on the last step when absent, as robomimic expects them); every
     other key under ``obs/`` (an ``obs/`` or ``next_obs/`` prefix is kept). Boolean
-    ``mask/<name>`` episode metadata becomes the mask group; images are stored channel-last.
+    ``mask/<name>`` episode metadata becomes the mask group, other numeric episode metadata demo
+    attributes; images are stored channel-last. ``data.attrs["difftop"]`` records the key names
+    and ``ep.attrs`` (see the module docstring).
     """
     import h5py
 
@@ -157,26 +178,47 @@ def save_robomimic(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = [f"demo_{i}" for i in range(ep.n_episodes)]
-    with h5py.File(path, "w") as f:
+    targets = {k: _target(k, action_key) for k in ep.data}
+    clash = sorted({t for t in targets.values() if list(targets.values()).count(t) > 1})
+    if clash:
+        raise UserError(f"{ep.source}: keys {[k for k in targets if targets[k] in clash]} would all be "
+                        f"written as {clash}")
+    demo_meta = [k for k, v in ep.episode_meta.items()
+                 if not k.startswith("mask/") and k not in ("demo_index", "num_samples", "model_file")
+                 and np.asarray(v).dtype.kind in "biuf"]
+    record = {
+        "keys": {t: k for k, t in targets.items()},
+        "episode_meta": demo_meta,
+        "attrs": {k: v for k, v in ep.attrs.items() if k not in ("env_args", "total", DIFFTOP_ATTR)},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write(h5py, tmp, ep, names, targets, demo_meta, record, action_key,
+               env_args if env_args is not None else ep.attrs.get("env_args", {}))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _write(h5py: Any, tmp: Path, ep: EpisodeData, names: list[str], targets: dict[str, str],
+           demo_meta: list[str], record: dict[str, Any], action_key: str, args: Any) -> None:
+    with h5py.File(tmp, "w") as f:
         g = f.create_group("data")
         g.attrs["total"] = ep.n_steps
-        args = env_args if env_args is not None else ep.attrs.get("env_args", {})
         g.attrs["env_args"] = args if isinstance(args, str) else json.dumps(dict(args))
+        g.attrs[DIFFTOP_ATTR] = json.dumps(record, default=_json_default)
         for i, name in enumerate(names):
             d = g.create_group(name)
             steps = ep.episode(i)
             t = len(steps[action_key])
             d.attrs["num_samples"] = t
+            for k in demo_meta:
+                d.attrs[k] = np.asarray(ep.episode_meta[k])[i]
             for k, v in steps.items():
                 if is_channel_first_image(v):
                     v = image_to_file(v)
-                if k == action_key:
-                    target = "actions"
-                elif k in TOP_LEVEL or k.startswith(("obs/", "next_obs/")):
-                    target = k
-                else:
-                    target = f"obs/{k}"
-                d.create_dataset(target, data=v, compression="gzip" if v.dtype == np.uint8 else None)
+                d.create_dataset(targets[k], data=v, compression="gzip" if v.dtype == np.uint8 else None)
             if "rewards" not in d:
                 d.create_dataset("rewards", data=np.zeros(t, dtype=np.float64))
             if "dones" not in d:
@@ -185,3 +227,20 @@ def save_robomimic(
             if k.startswith("mask/") and np.asarray(v).dtype == bool:
                 members = [n for n, keep in zip(names, v) if keep]
                 f.create_dataset(k, data=np.array(members, dtype="S"))
+
+
+def _target(key: str, action_key: str) -> str:
+    """Where the in-memory ``key`` goes inside a demo group."""
+    if key == action_key:
+        return "actions"
+    if key in TOP_LEVEL or key.startswith(("obs/", "next_obs/")):
+        return key
+    return f"obs/{key}"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -22,9 +22,11 @@ import torch
 from omegaconf import DictConfig
 
 from difftop.errors import UserError
+from difftop.utils import checkpoint as checkpoints
+from difftop.utils.checks import require_given, require_int, require_seed, require_writable_file
 from difftop.utils.device import resolve_device
 
-__all__ = ["main", "compute_landscape", "plot_landscape"]
+__all__ = ["main", "check_landscape_config", "compute_landscape", "plot_landscape"]
 
 
 @torch.no_grad()
@@ -140,7 +142,7 @@ def plot_landscape(res: dict[str, Any], frame: np.ndarray | None, out: Path, tit
 def _observation(policy: Any, task: str, obs_type: str, seed: int, env_steps: int, max_steps: int,
                  device: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """(obs history (1, To, ...), rendered frame) after a seeded reset and ``env_steps`` policy steps."""
-    from difftop.il.rollout import get_task
+    from difftop.tasks import get_task
 
     spec = get_task(task)
     keys = spec.keys(obs_type)
@@ -174,21 +176,46 @@ def _observation(policy: Any, task: str, obs_type: str, seed: int, env_steps: in
     return {k: torch.from_numpy(hist[k]).to(device) for k in keys}, frame
 
 
-def main(cfg: DictConfig) -> int:
-    from difftop.il.policies.difftop_cvae import DiffTOPPolicy
-    from difftop.il.train import load_policy
+def check_landscape_config(cfg: DictConfig) -> Path:
+    """Check every setting before the checkpoint is loaded (a bad ``out`` or seed must cost nothing and
+    overwrite nothing); returns the figure's path."""
+    require_given("checkpoint", cfg.get("checkpoint"), "DiffTOP IL run directory or checkpoint")
+    require_seed("seed", cfg.get("seed"))
+    require_seed("latent_seed", cfg.get("latent_seed"))
+    require_int("threads", cfg.get("threads"), 0)
+    require_int("env_steps", cfg.get("env_steps"), 0)
+    require_int("samples", cfg.get("samples"), 1)
+    require_int("grid", cfg.get("grid"), 2)
+    require_int("path_iters", cfg.get("path_iters"), 0)
+    if cfg.init is not None and cfg.init not in ("base", "zero", "random"):
+        raise UserError(f"init must be zero, random or (for a policy with a base) base, got {cfg.init!r}")
+    out = require_writable_file("out", cfg.get("out"))
+    if out.with_suffix(".json").is_dir():
+        raise UserError(f"out={str(cfg.out)!r}: its numbers file {out.with_suffix('.json')} is a directory")
+    return out
 
+
+def main(cfg: DictConfig) -> int:
+    from difftop.il.policies import policy_from_state
+    from difftop.il.policies.difftop_cvae import DiffTOPPolicy
+
+    out = check_landscape_config(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
-    policy, state = load_policy(str(cfg.checkpoint))
+    try:
+        # through the module: what a checkpoint file is belongs to difftop.utils.checkpoint alone
+        state = checkpoints.load_checkpoint(str(cfg.checkpoint), kind="il")
+        policy = policy_from_state(state)
+    except checkpoints.CheckpointError as e:
+        raise UserError(str(e)) from None
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"checkpoint {cfg.checkpoint}: cannot rebuild its policy "
+                        f"({type(e).__name__}: {e})") from None
     if not isinstance(policy, DiffTOPPolicy):
-        raise UserError(f"{cfg.checkpoint} holds a {state['spec']['name']!r} policy; the landscape needs "
-                        f"difftop")
-    if int(cfg.samples) < 1 or int(cfg.grid) < 2 or int(cfg.path_iters) < 0:
-        raise UserError("samples >= 1, grid >= 2 and path_iters >= 0 are needed")
-    if cfg.init is not None and cfg.init not in ("base", "zero", "random") or (cfg.init == "base" and
-                                                                               policy.base is None):
+        name = (state.get("spec") or {}).get("name", type(policy).__name__)
+        raise UserError(f"{cfg.checkpoint} holds a {name!r} policy; the landscape needs difftop")
+    if cfg.init == "base" and policy.base is None:
         raise UserError(f"init must be zero, random or (for a policy with a base) base, got {cfg.init!r}")
     samples = int(cfg.samples)
     if policy.posterior_dim == 0 and samples > 1:
@@ -202,7 +229,6 @@ def main(cfg: DictConfig) -> int:
     res = compute_landscape(policy, obs, samples=samples, latent_seed=int(cfg.latent_seed),
                             grid=int(cfg.grid), path_iters=int(cfg.path_iters), init=cfg.init,
                             include_prox=bool(cfg.include_prox))
-    out = Path(str(cfg.out))
     title = (f"{run['policy']} (init {cfg.init or policy.init}), {run['task']} seed {cfg.seed}, "
              f"step {state['step']}")
     plot_landscape(res, frame, out, title)

@@ -1,79 +1,29 @@
-"""Rollouts of imitation policies: the tasks' observation conventions and a batched, seeded evaluator.
-
-A task (:data:`TASKS`) says which dataset keys an observation type uses, how to build its
-environment and how to turn an environment observation into those keys, so that training
-(dataset windows) and acting (env histories) see the same dictionaries. Push-T:
-
-- ``obs=state``: ``{"state": (5,)}`` (agent x, y, block x, y, angle);
-- ``obs=image``: ``{"img": (3, S, S) uint8, "agent_pos": (2,)}`` (diffusion_policy's Push-T image
-  setting; ``agent_pos`` is derived from the dataset's ``state`` when the file lacks it).
+"""Rollouts of imitation policies: a batched, seeded evaluator of any task of :mod:`difftop.tasks`.
 
 :func:`rollout` runs ``episodes`` seeded episodes ``seed, seed+1, ...`` in lockstep batches (one
 ``predict_action`` call per decision for the whole batch), keeps an observation history of the
 policy's ``obs_horizon`` (padded at the start by repeating the first observation), executes the
-``n_action_steps`` actions of each prediction, and reports the success rate and the mean over
-episodes of the maximum goal coverage reached, with videos of the first episodes.
+``n_action_steps`` actions of each prediction, and reports the success rate and the task's own
+metrics (Push-T: the maximum goal coverage reached), with videos of the first episodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from difftop.data.episodes import EpisodeData
-from difftop.errors import UserError
+from difftop.tasks import Task, get_task
 
-__all__ = ["TASKS", "TaskSpec", "get_task", "rollout"]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    obs_keys: dict[str, tuple[str, ...]]  # observation type -> dataset keys
-    make_env: Callable[..., Any]  # (obs_type, max_steps, image_size) -> env
-    env_obs: Callable[[Any, str], dict[str, np.ndarray]]  # (env observation, obs_type) -> keys
-    derive: Callable[[EpisodeData, str], None]  # adds derived keys to a dataset in place
-
-    def keys(self, obs_type: str) -> tuple[str, ...]:
-        if obs_type not in self.obs_keys:
-            raise UserError(f"task {self.name} has no observation type {obs_type!r}; "
-                            f"choose one of: {', '.join(self.obs_keys)}")
-        return self.obs_keys[obs_type]
+__all__ = ["get_task", "rollout", "eval_row"]
 
 
-def _pusht_env(obs_type: str, max_steps: int, image_size: int | None = None) -> Any:
-    from difftop.envs.pusht import make_pusht
-
-    env_obs = "state" if obs_type == "state" else "state+pixels"
-    return make_pusht(env_obs, seed=None, max_steps=max_steps, render_size=image_size or 96)
-
-
-def _pusht_obs(obs: Any, obs_type: str) -> dict[str, np.ndarray]:
-    if obs_type == "state":
-        return {"state": np.asarray(obs, dtype=np.float32)}
-    return {"img": obs["pixels"], "agent_pos": np.asarray(obs["state"][:2], dtype=np.float32)}
-
-
-def _pusht_derive(data: EpisodeData, obs_type: str) -> None:
-    if obs_type == "image" and "agent_pos" not in data.data:
-        data.data["agent_pos"] = np.ascontiguousarray(data["state"][:, :2], dtype=np.float32)
-
-
-TASKS: dict[str, TaskSpec] = {
-    "pusht": TaskSpec("pusht", {"state": ("state",), "image": ("img", "agent_pos")}, _pusht_env, _pusht_obs,
-                      _pusht_derive),
-}
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise UserError(f"unknown IL task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]
+def eval_row(task: Task, res: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation CSV's columns of a :func:`rollout` result (the task's metrics, in order)."""
+    return {k: res[k] for k in (*task.eval_columns(), "episodes")}
 
 
 def _video_path(video: Path, j: int, n: int) -> Path:
@@ -86,8 +36,9 @@ def rollout(policy: Any, task: str, obs_type: str, episodes: int, seed: int, *, 
             device: str | torch.device = "cpu", progress: bool = False) -> dict[str, Any]:
     """Evaluate ``policy`` on ``episodes`` episodes seeded ``seed + j`` (see the module docstring).
 
-    Returns ``success_rate``, ``mean_max_coverage``, ``std_max_coverage``, ``mean_length`` and the
-    per-episode ``success``, ``max_coverage``, ``length`` lists, ``seeds`` and ``videos`` written.
+    Returns ``success_rate``, ``mean_<metric>`` / ``std_<metric>`` of each of the task's metrics,
+    ``mean_length``, and the per-episode ``success``, ``<metric>``, ``length`` lists, ``seeds`` and
+    ``videos`` written.
     """
     from difftop.utils.video import save_video
 
@@ -99,7 +50,8 @@ def rollout(policy: Any, task: str, obs_type: str, episodes: int, seed: int, *, 
     n_env = max(1, min(int(batch or episodes), episodes))
     envs = [spec.make_env(obs_type, max_steps, image_size) for _ in range(n_env)]
     policy.eval()
-    success, max_cov, length, videos = [], [], [], []
+    success, length, videos = [], [], []
+    values: dict[str, list[float]] = {m.name: [] for m in spec.metrics}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -110,9 +62,10 @@ def rollout(policy: Any, task: str, obs_type: str, episodes: int, seed: int, *, 
             ids = list(range(first, min(first + n_env, episodes)))
             res = _run_batch(policy, spec, obs_type, envs[: len(ids)], [seed + j for j in ids], To, Ta, keys,
                              [j < video_episodes and video is not None for j in ids], device)
-            for j, (ok, cov, n, frames) in zip(ids, res):
+            for j, (ok, vals, n, frames) in zip(ids, res):
                 success.append(ok)
-                max_cov.append(cov)
+                for m in spec.metrics:
+                    values[m.name].append(vals[m.name])
                 length.append(n)
                 if frames:
                     path = _video_path(Path(video), j, video_episodes)
@@ -124,23 +77,21 @@ def rollout(policy: Any, task: str, obs_type: str, episodes: int, seed: int, *, 
             bar.close()
         for env in envs:
             env.close()
-    return {
-        "success_rate": float(np.mean(success)),
-        "mean_max_coverage": float(np.mean(max_cov)),
-        "std_max_coverage": float(np.std(max_cov)),
-        "mean_length": float(np.mean(length)),
-        "episodes": episodes,
-        "success": [bool(s) for s in success],
-        "max_coverage": [float(c) for c in max_cov],
-        "length": [int(n) for n in length],
-        "seeds": [seed + j for j in range(episodes)],
-        "videos": videos,
-    }
+    out: dict[str, Any] = {"success_rate": float(np.mean(success))}
+    for m in spec.metrics:
+        out[f"mean_{m.name}"] = float(np.mean(values[m.name]))
+        out[f"std_{m.name}"] = float(np.std(values[m.name]))
+    out.update({"mean_length": float(np.mean(length)), "episodes": episodes,
+                "success": [bool(s) for s in success]})
+    out.update({m.name: [float(v) for v in values[m.name]] for m in spec.metrics})
+    out.update({"length": [int(n) for n in length], "seeds": [seed + j for j in range(episodes)],
+                "videos": videos})
+    return out
 
 
-def _run_batch(policy: Any, spec: TaskSpec, obs_type: str, envs: Sequence[Any], seeds: Sequence[int], To: int,
+def _run_batch(policy: Any, spec: Task, obs_type: str, envs: Sequence[Any], seeds: Sequence[int], To: int,
                Ta: int, keys: Sequence[str], record: Sequence[bool], device: Any
-               ) -> list[tuple[bool, float, int, list[np.ndarray]]]:
+               ) -> list[tuple[bool, dict[str, float], int, list[np.ndarray]]]:
     """Episodes in lockstep: the policy acts on all of them (finished ones frozen) so batch shapes,
     and a recurrent policy's state, stay fixed."""
     n = len(envs)
@@ -153,7 +104,7 @@ def _run_batch(policy: Any, spec: TaskSpec, obs_type: str, envs: Sequence[Any], 
     hist = {k: np.stack([np.repeat(f[k][None], To, 0) for f in first]) for k in keys}
     done = np.zeros(n, dtype=bool)
     ok = np.array([bool(i["success"]) for i in infos])
-    cov = np.array([float(i["coverage"]) for i in infos])
+    vals = {m.name: np.array([float(i[m.info_key]) for i in infos]) for m in spec.metrics}
     steps = np.zeros(n, dtype=np.int64)
     frames: list[list[np.ndarray]] = [[env.render()] if r else [] for env, r in zip(envs, record)]
     done |= ok  # already solved at reset: nothing to do
@@ -169,11 +120,13 @@ def _run_batch(policy: Any, spec: TaskSpec, obs_type: str, envs: Sequence[Any], 
                     hist[k][i, :-1] = hist[k][i, 1:]
                     hist[k][i, -1] = new[k]
                 steps[i] += 1
-                cov[i] = max(cov[i], float(info["coverage"]))
+                for m in spec.metrics:
+                    vals[m.name][i] = m.update(vals[m.name][i], float(info[m.info_key]))
                 ok[i] |= bool(info["success"])
                 done[i] = terminated or truncated
                 if record[i]:
                     frames[i].append(envs[i].render())
             if done.all():
                 break
-    return [(bool(ok[i]), float(cov[i]), int(steps[i]), frames[i]) for i in range(n)]
+    return [(bool(ok[i]), {k: float(v[i]) for k, v in vals.items()}, int(steps[i]), frames[i])
+            for i in range(n)]

@@ -30,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from difftop import engine
 from difftop.engine import Context, Loop, RunSpec
 from difftop.errors import UserError
+from difftop.il.rollout import eval_row
+from difftop.tasks import get_task
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint
 from difftop.utils.checks import require_int, require_number
 from difftop.utils.device import resolve_device
@@ -45,8 +47,6 @@ RESUME_KEYS = ("task", "policy", "obs", "seed", "data", "base")
 def resolve_config(cfg: DictConfig) -> DictConfig:
     """Validate the user's config, fill the automatic values; adds ``policy_params`` (constructor keys)."""
     from difftop.il.policies import POLICIES
-    from difftop.il.rollout import get_task
-
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     task = get_task(str(cfg.task))
     if cfg.obs not in OBS_TYPES:
@@ -249,10 +249,8 @@ class ILLoop(Loop):
     def __init__(self, cfg: DictConfig, state: dict | None):
         from difftop.data import SequenceDataset, load_dataset
         from difftop.il.policies import build_policy, policy_from_spec
-        from difftop.il.rollout import get_task
-
         self.cfg = cfg
-        task = get_task(cfg.task)
+        self.task = task = get_task(cfg.task)
         obs_keys = list(task.keys(cfg.obs))
         data = load_dataset(cfg.data)
         task.derive(data, cfg.obs)
@@ -362,11 +360,9 @@ class ILLoop(Loop):
         res = _evaluate(evaluator, cfg, self.step_, ctx.out)
         ctx.crash_point("il.evaluated")
         self.policy.train()
-        self.last_eval = {k: res[k] for k in ("success_rate", "mean_max_coverage")}
-        ctx.log("eval", {"step": self.step_, "wall_time": ctx.wall(), "success_rate": res["success_rate"],
-                         "mean_max_coverage": res["mean_max_coverage"],
-                         "std_max_coverage": res["std_max_coverage"], "mean_length": res["mean_length"],
-                         "episodes": res["episodes"]})
+        row = eval_row(self.task, res)
+        self.last_eval = {k: v for k, v in row.items() if k == "success_rate" or k.startswith("mean_")}
+        ctx.log("eval", {"step": self.step_, "wall_time": ctx.wall(), **row})
 
     def _train_step(self, ctx: Context) -> bool:
         cfg, policy = self.cfg, self.policy
@@ -437,9 +433,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     summary = engine.run(cfg, SPEC, build, _finished, _summary)
     if fresh:
-        last = summary.get("last_eval")
-        ev = "" if not last else (f", success {last['success_rate']:.2f}, "
-                                  f"mean max coverage {last['mean_max_coverage']:.3f}")
+        last = summary.get("last_eval") or {}
+        ev = "".join(f", {k.replace('mean_', 'mean ').replace('_', ' ')} {v:.3g}" for k, v in last.items())
         print(f"done: {cfg.policy} on {cfg.task} ({cfg.obs}), {summary['step']} steps "
               f"({summary['skipped']} skipped){ev}, {summary['wall_time']:.0f} s; "
               f"results in {summary['out_dir']}")

@@ -1,7 +1,8 @@
 """``difftop eval`` for RL checkpoints: mean +- std return of the saved agent, with a video.
 
 A missing, truncated or foreign checkpoint is a one-line error, never an evaluation of randomly
-initialised weights (a fault of the paper's own release).
+initialised weights (a fault of the paper's own release). ``difftop.evaluate.main`` has checked the
+settings (seed, threads, a writable ``out_dir``) before the checkpoint was loaded.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ def evaluate_rl_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
     run_cfg.device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(int(cfg.seed))
     _, envs, agent = build(run_cfg, eval_episodes=cfg.episodes)
     agent.load_state_dict(state["agent"], weights_only=True)
-    out = Path(cfg.out_dir) if cfg.out_dir else path.parent / "eval"
+    out = Path(str(cfg.out_dir))  # difftop.evaluate.main has filled and checked it
     step = int(state["agent_step"])
     video = out / f"checkpoint_{step * run_cfg.action_repeat:08d}.mp4" if cfg.video else None
     returns, written = evaluate(agent, envs, int(cfg.episodes), step, int(cfg.seed), video)

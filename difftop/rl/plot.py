@@ -1,30 +1,27 @@
-"""``difftop plot``: learning curves of RL runs, mean +- std over seeds, beside published curves.
+"""``difftop plot`` for RL runs: returns vs environment steps and wall-clock, mean +- std over seeds,
+beside published curves.
 
-Imitation runs (a config with ``policy`` and no ``agent``) are drawn by :mod:`difftop.il.plot`
-(success rate and coverage against gradient steps); one figure holds one kind.
+:mod:`difftop.plot` finds the run folders and sends RL runs here (``plot_runs``); the seed
+aggregation, reference curves and figure saving are :mod:`difftop.plot.curves`'.
 
 A run directory holds ``config.yaml`` (keys ``task``, ``agent``, ``obs``, optionally ``seed`` and
 ``label``, which replaces the agent's name so that variants of one agent, e.g. ``pg_mode=batched``,
 are drawn apart; an ``agent``/``task``/``obs`` given as a node is named by its ``name`` key) and
 ``eval.csv`` with the columns ``env_step, episode, wall_time, episode_reward`` (``wall_time``:
-seconds since the run started). Each path given may be a run directory or any directory above run
-directories: every ``eval.csv`` below it is used. Runs are grouped by (task, agent or label, obs);
-each group is drawn as the mean +- std (numpy's ``std``, ddof 0) across its runs (seeds), against
-environment steps and against wall-clock hours (the paper's Figs. 3 and 7), one panel per task, one
-colour per agent.
-
-Seeds evaluated at slightly different steps (or times) are put on a common grid: the union of
-their x values within the range that every seed reached (from the largest first x to the smallest
-last x), each seed linearly interpolated onto it. Where seeds share their eval steps this is
-exact. Rows of one run with the same ``env_step`` (several eval episodes) are averaged first.
+seconds since the run started). Runs are grouped by (task, agent or label, obs); each group is
+drawn as the mean +- std (numpy's ``std``, ddof 0) across its runs (seeds), against environment
+steps and against wall-clock hours (the paper's Figs. 3 and 7), one panel per task, one colour per
+agent. Seeds evaluated at slightly different steps (or times) are put on a common grid
+(:func:`difftop.plot.curves.aggregate`). Rows of one run with the same ``env_step`` (several eval
+episodes) are averaged first.
 
 ``reference=`` overlays published curves (grey, dashed, mean +- std over their seeds, on the
 env-steps panels only): folder names in ``reference_dir`` (one ``<task>.csv`` per task), other
 folders, or single CSV files. Their columns are recognised by name: step from ``env_step``,
 ``step`` or ``frame`` (DrQ-v2's frames are environment steps), return from ``episode_reward``,
 ``return`` or ``reward``, and ``seed``; a single file's task comes from its ``task`` column or else
-from its file name. A summary CSV beside the figure (``<out stem>.csv``) lists each group's final
-mean, std, number of seeds and last common step, and each reference's value at that step.
+from its file name. The summary lists each group's final mean, std, number of seeds and last
+common step, and each reference's value at that step.
 """
 
 from __future__ import annotations
@@ -37,13 +34,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from difftop.envs.dmc import task_key
 from difftop.errors import UserError
+from difftop.plot.curves import (
+    REPO_ROOT,
+    Curve,
+    aggregate,
+    as_list,
+    draw_band,
+    group_by,
+    load_references,
+    numeric,
+    pyplot,
+    read_csv,
+    resolve_reference_dir,
+    save_figure,
+)
 
-#: The repository root: ``reference_dir`` falls back to a path relative to it.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["Run", "load_run", "draw", "summarise", "plot_runs",
+           "REPO_ROOT", "Curve", "aggregate", "resolve_reference_dir"]  # the last four: older imports
+
 EVAL_COLUMNS = ("env_step", "wall_time", "episode_reward")
 STEP_COLUMNS = ("env_step", "step", "frame")
 RETURN_COLUMNS = ("episode_reward", "return", "reward")
@@ -68,41 +80,6 @@ class Run:
         return (self.task, self.agent, self.obs)
 
 
-@dataclass
-class Curve:
-    """Mean and std across seeds on a common grid."""
-
-    x: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    n: int
-
-    def at(self, x: float) -> tuple[float, float]:
-        """Mean and std at ``x`` (linear interpolation; NaN outside the grid)."""
-        if not len(self.x) or x < self.x[0] or x > self.x[-1]:
-            return math.nan, math.nan
-        return float(np.interp(x, self.x, self.mean)), float(np.interp(x, self.x, self.std))
-
-
-def aggregate(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> Curve:
-    """Mean +- std of several (x, y) curves on the union of their x within the range all of them reached."""
-    curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x)]
-    if not curves:
-        return Curve(np.empty(0), np.empty(0), np.empty(0), 0)
-    sorted_curves = []
-    for x, y in curves:
-        order = np.argsort(x, kind="stable")
-        sorted_curves.append((x[order], y[order]))
-    lo = max(x[0] for x, _ in sorted_curves)
-    hi = min(x[-1] for x, _ in sorted_curves)
-    if lo > hi:  # no x reached by every curve
-        return Curve(np.empty(0), np.empty(0), np.empty(0), len(curves))
-    grid = np.unique(np.concatenate([x[(x >= lo) & (x <= hi)] for x, _ in sorted_curves]))
-    ys = np.stack([np.interp(grid, x, y) for x, y in sorted_curves])
-    return Curve(grid, ys.mean(axis=0), ys.std(axis=0), len(curves))
-
-
-# -- reading runs ------------------------------------------------------------------------------
 def _name_of(value: Any, what: str, config: Path) -> str:
     if isinstance(value, DictConfig):
         if "name" not in value:
@@ -113,43 +90,9 @@ def _name_of(value: Any, what: str, config: Path) -> str:
     return str(value)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise UserError(f"cannot read {path}: {str(e).strip().splitlines()[0]}") from None
-
-
-def _numeric(df: pd.DataFrame, columns: Iterable[str], path: Path) -> pd.DataFrame:
-    out = pd.DataFrame()
-    for c in columns:
-        values = pd.to_numeric(df[c], errors="coerce")
-        if values.isna().any():
-            raise UserError(f"{path}: column {c!r} has non-numeric or empty values")
-        out[c] = values.astype(float)
-    return out
-
-
-def load_config(run_dir: Path) -> DictConfig:
-    """A run directory's config.yaml (a clear error when it is missing or unreadable)."""
+def load_run(run_dir: Path, cfg: DictConfig) -> Run | None:
+    """The run in ``run_dir`` (its config already read); None if its eval.csv has no rows yet."""
     config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise UserError(f"{run_dir} has an eval.csv but no config.yaml")
-    try:
-        cfg = OmegaConf.load(config)
-    except Exception as e:  # yaml errors come in several types
-        raise UserError(f"cannot read {config}: {str(e).strip().splitlines()[0]}") from None
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"{config} is not a mapping")
-    return cfg
-
-
-def load_run(run_dir: Path, cfg: DictConfig | None = None) -> Run | None:
-    """The run in ``run_dir``; None if its eval.csv has no rows yet (a run that just started)."""
-    config = run_dir / "config.yaml"
-    cfg = load_config(run_dir) if cfg is None else cfg
     missing = [k for k in ("task", "agent", "obs") if k not in cfg]
     if missing:
         raise UserError(f"{config} lacks the key(s) {', '.join(missing)}")
@@ -157,7 +100,7 @@ def load_run(run_dir: Path, cfg: DictConfig | None = None) -> Run | None:
     if cfg.get("label") is not None:
         agent = _name_of(cfg.label, "label", config)
     eval_csv = run_dir / "eval.csv"
-    df = _read_csv(eval_csv)
+    df = read_csv(eval_csv)
     if df.empty:
         return None
     lacking = [c for c in EVAL_COLUMNS if c not in df.columns]
@@ -165,7 +108,7 @@ def load_run(run_dir: Path, cfg: DictConfig | None = None) -> Run | None:
         raise UserError(
             f"{eval_csv} lacks the column(s) {', '.join(lacking)} (has {', '.join(map(str, df.columns))})"
         )
-    df = _numeric(df, EVAL_COLUMNS, eval_csv)
+    df = numeric(df, EVAL_COLUMNS, eval_csv)
     # several eval episodes at one step: mean return, time when the last one finished
     per_step = df.groupby("env_step", sort=True).agg(
         wall_time=("wall_time", "max"), reward=("episode_reward", "mean")
@@ -182,116 +125,8 @@ def load_run(run_dir: Path, cfg: DictConfig | None = None) -> Run | None:
     )
 
 
-def find_run_dirs(paths: Sequence[str]) -> list[Path]:
-    """Every directory with an eval.csv at or below ``paths`` (duplicates removed), in path order."""
-    if not paths:
-        raise UserError("no run directories given; usage: difftop plot runs/a runs/b ... out=curves.png")
-    dirs: dict[Path, None] = {}
-    for p in paths:
-        path = Path(p)
-        if not path.exists():
-            raise UserError(f"no such file or directory: {p}")
-        if path.is_file():
-            if path.name != "eval.csv":
-                raise UserError(f"{p} is neither a run directory nor an eval.csv")
-            found = [path]
-        else:
-            found = sorted(path.rglob("eval.csv"))
-        if not found:
-            raise UserError(f"no eval.csv found under {p}")
-        for f in found:
-            dirs.setdefault(f.parent.resolve(), None)
-    return list(dirs)
-
-
-# -- reading reference curves ------------------------------------------------------------------
-def resolve_reference_dir(reference_dir: str) -> Path:
-    """``reference_dir`` as given (relative to the cwd) if it exists, else relative to the repository."""
-    path = Path(reference_dir).expanduser()
-    if path.is_dir() or path.is_absolute():
-        return path
-    return (REPO_ROOT / path).resolve()
-
-
-def _first(columns: Sequence[str], names: Sequence[str], path: Path, what: str) -> str:
-    for n in names:
-        if n in columns:
-            return n
-    raise UserError(f"reference {path}: no {what} column (expected one of {', '.join(names)})")
-
-
-def _reference_curves(path: Path, task: str | None) -> dict[str, Curve]:
-    """task -> Curve from one reference CSV (``task`` None: from its task column or file name)."""
-    df = _read_csv(path)
-    if df.empty:
-        return {}
-    cols = [str(c) for c in df.columns]
-    step, ret = _first(cols, STEP_COLUMNS, path, "step"), _first(cols, RETURN_COLUMNS, path, "return")
-    seed = "seed" if "seed" in cols else None
-    data = _numeric(df, [step, ret], path)
-    data["seed"] = df[seed].astype(str) if seed else "0"
-    if task is not None:
-        data["task"] = task
-    elif "task" in cols:
-        data["task"] = df["task"].astype(str).map(task_key)
-    else:
-        data["task"] = task_key(path.stem.removeprefix("dmc_"))
-    out = {}
-    for t, rows in data.groupby("task"):
-        seeds = [(g[step].to_numpy(), g[ret].to_numpy()) for _, g in rows.groupby("seed")]
-        seeds = [_mean_per_x(x, y) for x, y in seeds]
-        out[str(t)] = aggregate(seeds)
-    return out
-
-
-def _mean_per_x(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    xs, inverse = np.unique(x, return_inverse=True)
-    return xs, np.bincount(inverse, weights=y) / np.bincount(inverse)
-
-
-def load_references(
-    specs: Sequence[str], reference_dir: Path, tasks: Iterable[str]
-) -> dict[str, dict[str, Curve]]:
-    """label -> task -> Curve for each reference spec (a name in reference_dir, a folder or a CSV)."""
-    tasks = set(tasks)
-    out: dict[str, dict[str, Curve]] = {}
-    for spec in specs:
-        named = reference_dir / spec
-        path = named if named.is_dir() else Path(spec)
-        if path.is_dir():
-            curves = {}
-            for csv in sorted(path.glob("*.csv")):
-                t = task_key(csv.stem.removeprefix("dmc_"))
-                if t in tasks:
-                    curves.update(_reference_curves(csv, t))
-            out[path.name] = curves
-        elif path.is_file():
-            curves = _reference_curves(path, None)
-            out[path.parent.name or path.stem] = {t: c for t, c in curves.items() if t in tasks}
-        else:
-            avail = (
-                sorted(p.name for p in reference_dir.iterdir() if p.is_dir())
-                if reference_dir.is_dir()
-                else []
-            )
-            where = (
-                f"available in {reference_dir}: {', '.join(avail)}" if avail else f"{reference_dir} has none"
-            )
-            raise UserError(f"unknown reference {spec!r}; give a folder name or a CSV path ({where})")
-    return out
-
-
-# -- figure and summary ------------------------------------------------------------------------
 def _task_order(tasks: Iterable[str]) -> list[str]:
     return sorted(set(tasks))
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, (ListConfig, list, tuple)):
-        return [str(v) for v in value]
-    return [str(value)]
 
 
 def draw(
@@ -303,11 +138,7 @@ def draw(
     clip_references: bool,
 ) -> None:
     """One panel per task and x mode (env-steps panels first, then wall-clock panels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tasks = _task_order(k[0] for k in groups)
     agents = sorted({k[1] for k in groups})
     obs_kinds = sorted({k[2] for k in groups})
@@ -337,15 +168,8 @@ def draw(
                 if t != task or not len(c.x):
                     continue
                 label = agent if len(obs_kinds) == 1 else f"{agent} ({obs})"
-                (line,) = ax.plot(
-                    c.x,
-                    c.mean,
-                    color=colours[agent],
-                    linestyle=styles[obs],
-                    lw=1.6,
-                    marker="." if len(c.x) == 1 else None,
-                )
-                ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, color=colours[agent], alpha=0.2, lw=0)
+                line = draw_band(ax, c, colours[agent], linestyle=styles[obs], lw=1.6,
+                                 marker="." if len(c.x) == 1 else None)
                 handles.setdefault(label, line)
                 xmax = max(xmax, float(c.x[-1]))
             if mode == "steps":
@@ -356,9 +180,8 @@ def draw(
                     keep = c.x <= xmax * 1.02 if clip_references and xmax > 0 else np.ones(len(c.x), bool)
                     if clip_references and xmax > 0:  # keep the first point past the end: no gap
                         keep |= np.arange(len(c.x)) == np.searchsorted(c.x, xmax)
-                    x, mu, sd = c.x[keep], c.mean[keep], c.std[keep]
-                    (line,) = ax.plot(x, mu, color=greys[ref], linestyle="--", lw=1.2)
-                    ax.fill_between(x, mu - sd, mu + sd, color=greys[ref], alpha=0.12, lw=0)
+                    shown = Curve(c.x[keep], c.mean[keep], c.std[keep], c.n)
+                    line = draw_band(ax, shown, greys[ref], alpha=0.12, linestyle="--", lw=1.2)
                     handles.setdefault(ref, line)
                 if clip_references and xmax > 0:
                     ax.set_xlim(0, xmax)
@@ -384,9 +207,7 @@ def draw(
     )
     fig_height = fig.get_size_inches()[1]
     fig.tight_layout(rect=(0, min(0.4, (0.1 + 0.25 * legend_rows) / fig_height), 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    save_figure(fig, out, dpi)
 
 
 def summarise(
@@ -425,30 +246,15 @@ def summarise(
     return pd.DataFrame(rows)
 
 
-def main(cfg: DictConfig) -> int:
-    """Plot the runs under ``cfg.runs`` to ``cfg.out`` and write the summary beside it."""
-    if cfg.x not in X_MODES:
-        raise UserError(f"x must be one of {', '.join(X_MODES)}, got {cfg.x!r}")
-    modes = X_MODES[cfg.x]
-    out = Path(str(cfg.out))
-    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UserError(f"out must end in .png, .pdf or .svg, got {cfg.out!r}")
-    paths = _as_list(cfg.runs)
-    dirs = find_run_dirs(paths)
-    configs = {d: load_config(d) for d in dirs}
-    from difftop.il.plot import is_il_config
-
-    il_dirs = [d for d in dirs if is_il_config(configs[d])]
-    if il_dirs:
-        if len(il_dirs) != len(dirs):
-            raise UserError(f"{', '.join(paths)} hold both RL and IL runs; plot them separately")
-        return _plot_il(dirs, configs, out, int(cfg.dpi), paths)
+def plot_runs(cfg: DictConfig, dirs: Sequence[Path], configs: dict[Path, DictConfig],
+              out: Path) -> tuple[pd.DataFrame, int, int] | None:
+    """Draw the RL runs in ``dirs`` to ``out``: (summary, runs, groups), None if no eval.csv has rows."""
+    if cfg.get("metric") not in (None, "episode_reward"):
+        raise UserError(f"metric={cfg.metric!r}: RL runs are drawn by their one metric, episode_reward")
     runs = [r for r in (load_run(d, configs[d]) for d in dirs) if r is not None]
     if not runs:
-        raise UserError(f"every eval.csv under {', '.join(map(str, paths))} is empty")
-    by_key: dict[tuple[str, str, str], list[Run]] = {}
-    for r in runs:
-        by_key.setdefault(r.key, []).append(r)
+        return None
+    by_key = group_by(runs, lambda r: r.key)
     groups = {
         key: {
             "steps": aggregate([(r.step, r.reward) for r in members]),
@@ -457,26 +263,7 @@ def main(cfg: DictConfig) -> int:
         for key, members in by_key.items()
     }
     ref_dir = resolve_reference_dir(str(cfg.reference_dir))
-    references = load_references(_as_list(cfg.reference), ref_dir, {k[0] for k in groups})
-    draw(groups, references, modes, out, int(cfg.dpi), bool(cfg.clip_references))
-    summary = summarise(by_key, groups, references)
-    summary_path = out.with_suffix(".csv")
-    summary.to_csv(summary_path, index=False, float_format="%.6g")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(summary.drop(columns=["seeds"]).to_string(index=False))
-    print(f"saved {out} and {summary_path} ({len(runs)} runs in {len(groups)} groups)")
-    return 0
-
-
-def _plot_il(dirs: Sequence[Path], configs: dict, out: Path, dpi: int, paths: Sequence[str]) -> int:
-    """IL runs (``difftop il``): success / coverage along training, see :mod:`difftop.il.plot`."""
-    from difftop.il.plot import load_il_run, plot_il
-
-    runs = [r for r in (load_il_run(d, configs[d]) for d in dirs) if r is not None]
-    if not runs:
-        raise UserError(f"every eval.csv under {', '.join(map(str, paths))} is empty")
-    summary = plot_il(runs, out, dpi)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(summary.drop(columns=["seeds"]).to_string(index=False))
-    print(f"saved {out} and {out.with_suffix('.csv')} ({len(runs)} runs in {len(summary)} groups)")
-    return 0
+    references = load_references(as_list(cfg.reference), ref_dir, {k[0] for k in groups},
+                                 x_columns=STEP_COLUMNS, y_columns=RETURN_COLUMNS, task_key=task_key)
+    draw(groups, references, X_MODES[str(cfg.x)], out, int(cfg.dpi), bool(cfg.clip_references))
+    return summarise(by_key, groups, references), len(runs), len(groups)

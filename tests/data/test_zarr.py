@@ -81,7 +81,7 @@ def test_writer_appends_continues_and_repairs(tmp_path):
     w = ZarrEpisodeWriter(path)
     w.append(eps[0], {"episode_seed": 5})
     w.append(eps[1], {"episode_seed": 6})
-    w.attrs["next_seed"] = 7
+    w.commit({"next_seed": 7})
     # an interrupted third episode: per-step arrays written, episode_ends not
     for k, v in eps[2].items():
         v = np.moveaxis(v, 1, -1) if k == "img" else v
@@ -167,3 +167,58 @@ def test_in_memory_validation():
     np.testing.assert_array_equal(sub.episode_lengths, [10, 4])
     np.testing.assert_array_equal(sub.episode(0)["state"], ep.episode(2)["state"])
     np.testing.assert_array_equal(sub.episode_meta["episode_seed"], [12, 10])
+
+
+def test_deleted_chunk_is_an_error_not_zeros(tmp_path):
+    """zarr reads a missing chunk file as the fill value: a deleted chunk of data/action would train
+    on all-zero actions. Every array read is checked for the chunk files its shape needs."""
+    good = tmp_path / "good.zarr"
+    save_zarr(buffer(), good)
+    (good / "data" / "action" / "0.0").unlink()
+    with pytest.raises(UserError, match=r"good.zarr: data/action is missing chunk file\(s\) data/action/0.0"):
+        load_zarr(good)
+    with pytest.raises(UserError, match=r"good.zarr: data/action is missing"):
+        load_dataset(good)  # what the trainer calls
+    with pytest.raises(UserError, match=r"data/action is missing"):
+        load_dataset(good, obs_keys=["state"])
+    with pytest.raises(UserError, match=r"data/action is missing"):
+        ZarrEpisodeWriter(good)  # nor is a damaged store continued
+    assert load_zarr(good, keys=["state", "img"]).n_episodes == 3  # the intact arrays still load
+
+    # one chunk among several, and the episode ends themselves
+    root = zarr.open_group(str(tmp_path / "multi.zarr"), mode="w")
+    root.create_group("data").array("action", np.arange(40.0).reshape(20, 2), chunks=(4, 2))
+    root.create_group("meta").array("episode_ends", np.array([8, 20]), chunks=(1,))
+    (tmp_path / "multi.zarr" / "data" / "action" / "2.0").unlink()
+    with pytest.raises(UserError, match=r"multi.zarr: data/action is missing chunk file\(s\) data/action/2.0 "
+                       r"\(deleted, or a partial copy\?\); zarr would read those steps as 0.0"):
+        load_zarr(tmp_path / "multi.zarr")
+    (tmp_path / "multi.zarr" / "meta" / "episode_ends" / "1").unlink()
+    with pytest.raises(UserError, match=r"meta/episode_ends is missing chunk file\(s\) meta/episode_ends/1"):
+        load_zarr(tmp_path / "multi.zarr")
+
+
+def test_writer_commit_record(tmp_path):
+    """Episodes and the caller's attributes are committed together; staged steps are not visible."""
+    path = tmp_path / "c.zarr"
+    eps = episodes(3)
+    w = ZarrEpisodeWriter(path)
+    w.append(eps[0], {"episode_seed": 1}, {"next_seed": 2})
+    w.commit({"next_seed": 3, "attempts": 2})  # a failed attempt: attributes only
+    assert w.attrs == {"next_seed": 3, "attempts": 2} and w.n_episodes == 1
+    # an episode staged (arrays and episode_ends) but not committed
+    for k, v in eps[1].items():
+        w.data[k].append(np.moveaxis(v, 1, -1) if k == "img" else v)
+    w.ends.append(np.array([w.n_steps + len(eps[1]["state"])]))
+    back = load_zarr(path)
+    assert back.n_episodes == 1 and "committed_episodes" not in back.attrs and back.attrs["next_seed"] == 3
+    w2 = ZarrEpisodeWriter(path)
+    assert w2.n_episodes == 1 and w2.ends.shape == (1,) and w2.data["state"].shape[0] == 4
+    w2.append(eps[2], {"episode_seed": 5}, {"next_seed": 6})
+    assert_same(load_zarr(path), EpisodeData.from_episodes([eps[0], eps[2]]))
+    with pytest.raises(UserError, match=r"per-episode key\(s\) \['other'\] are new"):
+        w2.append(eps[0], {"episode_seed": 7, "other": 1})
+    # a record claiming more episodes than episode_ends holds is a truncated file
+    zarr.open_group(str(path), mode="a").attrs["committed_episodes"] = 5
+    with pytest.raises(UserError, match="5 episodes are committed but meta/episode_ends holds 2"):
+        load_zarr(path)

@@ -9,15 +9,18 @@ import zarr
 from difftop import cli
 from difftop.data import load_zarr
 from difftop.envs.pusht import make_pusht
-from difftop.il.experts import DEMO_TASKS, Rollout
+from difftop.il.experts import Rollout
+from difftop.tasks import TASKS, Task
 
 
 class FakeTask:
     """Seeds with seed % 3 == 1 fail; ``interrupt_at`` raises KeyboardInterrupt there (Ctrl-C)."""
 
     name = "fake"
+    built = 0  # instances made (input errors must come before any)
 
     def __init__(self, interrupt_at: int = -1, **_: object) -> None:
+        FakeTask.built += 1
         self.interrupt_at = interrupt_at
 
     def rollout(self, seed: int) -> Rollout:
@@ -31,9 +34,12 @@ class FakeTask:
         return {"env": "fake"}
 
 
+FAKE_TASK = Task("fake", {"state": ("state",)}, make_env=None, env_obs=None, expert=f"{__name__}:FakeTask")
+
+
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setitem(DEMO_TASKS, "fake", f"{__name__}:FakeTask")
+    monkeypatch.setitem(TASKS, "fake", f"{__name__}:FAKE_TASK")
 
 
 def demos(*args: str) -> int:
@@ -70,16 +76,108 @@ def test_workers_give_the_same_dataset(tmp_path, fake):
     assert seeds(tmp_path / "a.zarr") == [11, 12, 14, 15]
 
 
-def test_input_errors(tmp_path, capsys):
-    assert demos("task=nope", f"out={tmp_path / 'x.zarr'}") == 2
-    assert "no expert for task 'nope'; valid tasks: pusht" in capsys.readouterr().err
-    assert demos("episodes=0", f"out={tmp_path / 'x.zarr'}") == 2
-    assert "episodes and workers must be >= 1" in capsys.readouterr().err
-    assert demos(f"out={tmp_path / 'x.zarr.zip'}", "episodes=1") == 2
-    assert "can only append to a zarr directory" in capsys.readouterr().err
-    assert demos(f"out={tmp_path / 'x.zarr'}", "+experts.pusht.bogus=1") == 2
-    assert "unknown Push-T expert option(s) ['bogus']" in capsys.readouterr().err
+def _run_folder(tmp_path, name, files):
+    run = tmp_path / name
+    run.mkdir()
+    for f in files:
+        (run / f).write_text("x")
+    return run
+
+
+def _hdf5_not_ours(tmp_path):
+    import h5py
+
+    p = tmp_path / "theirs.hdf5"
+    with h5py.File(p, "w") as f:
+        f["data/demo_0/actions"] = np.zeros((2, 2))
+    return p
+
+
+def _junk_dir(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "cat.png").write_bytes(b"png")
+    return d
+
+
+def _file(tmp_path):
+    p = tmp_path / "notes.zarr"
+    p.write_text("not a store")
+    return p
+
+
+# (arguments, expected piece of the one error line); `{t}` is the test's tmp_path
+INPUT_ERRORS = [
+    (["task=nope"], "no expert for task 'nope'; valid tasks: "),
+    (["episodes=0"], "episodes must be an integer >= 1, got 0"),
+    (["episodes=1.5"], "episodes must be an integer >= 1, got 1.5"),
+    (["workers=0"], "workers must be an integer >= 1, got 0"),
+    (["workers=1.5"], "workers must be an integer >= 1, got 1.5"),
+    (["seed=1.5"], "seed must be an integer in [0, 2147483647], got 1.5"),
+    (["seed=-1"], "seed must be an integer in [0, 2147483647], got -1"),
+    (["seed=99999999999"], "seed must be an integer in [0, 2147483647], got 99999999999"),
+    (["max_steps=0"], "max_steps must be an integer >= 1, got 0"),
+    (["resume=maybe"], "resume must be true or false, got 'maybe'"),
+    (["out=/proc/x.zarr"], "out='/proc/x.zarr': cannot write a directory under /proc"),
+    (["out=/proc/x.hdf5"], "out='/proc/x.hdf5': cannot write a file under /proc"),
+    (["out=/proc"], "out='/proc' is a non-empty folder that is not a zarr replay buffer"),
+    (["out={t}/x.zarr.zip"], "can only append to a zarr directory, not a zip"),
+    (["out={t}/x.zarr", "+experts.pusht.bogus=1"], "unknown Push-T expert option(s) ['bogus']"),
+]
+# outputs that exist and must not be written into: (builder, expected piece)
+BAD_OUTPUTS = [
+    (lambda t: _run_folder(t, "run_ckpt", ["checkpoint.pt"]),
+     "is a difftop run folder (it holds checkpoint.pt)"),
+    (lambda t: _run_folder(t, "run_csv", ["config.yaml", "train.csv"]),
+     "is a difftop run folder (it holds config.yaml and train.csv)"),
+    (_junk_dir, "is a non-empty folder that is not a zarr replay buffer"),
+    (_file, "is an existing file, not a zarr directory store"),
+    (_hdf5_not_ours, "is an existing file that difftop demos did not write"),
+]
+
+
+def _one_error_line(capsys, expected: str) -> None:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize("args,expected", INPUT_ERRORS, ids=[" ".join(a) for a, _ in INPUT_ERRORS])
+def test_input_errors(tmp_path, capsys, fake, args, expected):
+    FakeTask.built = 0
+    args = [a.replace("{t}", str(tmp_path)) for a in args]
+    if not any(a.startswith("out=") for a in args):
+        args.append(f"out={tmp_path / 'x.zarr'}")
+    if not any(a.startswith("task=") or a.startswith("+experts.pusht") for a in args):
+        args.append("task=fake")
+    assert demos(*args) == 2
+    _one_error_line(capsys, expected)
+    assert FakeTask.built == 0  # refused before the expert (anything slow) was built
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize("make,expected", BAD_OUTPUTS, ids=[e for _, e in BAD_OUTPUTS])
+def test_refuses_outputs_that_are_not_its_store(tmp_path, capsys, fake, make, expected):
+    FakeTask.built = 0
+    out = make(tmp_path)
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_bytes()
+    assert demos("task=fake", "episodes=1", f"out={out}") == 2
+    _one_error_line(capsys, expected)
+    assert FakeTask.built == 0
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_bytes()) == before
+
+
+def test_resume_false_refuses_a_store_with_episodes(tmp_path, capsys, fake):
+    out = tmp_path / "f.zarr"
+    (out).mkdir()  # an empty folder is a new store
+    assert demos("task=fake", "episodes=2", f"out={out}", "resume=false") == 0
+    capsys.readouterr()
+    assert demos("task=fake", "episodes=3", f"out={out}", "resume=false") == 2
+    _one_error_line(capsys, "already holds 2 episodes: pass resume=true to continue it")
+    assert demos("task=fake", "episodes=3", f"out={out}", "resume=true") == 0
+    assert seeds(out) == [0, 2, 3]
 
 
 def replay_final_coverage(seed: int, actions: np.ndarray, states: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""`difftop plot` on imitation runs (difftop/il/plot.py): labels, seed grouping, summary, errors."""
+"""`difftop plot` on imitation runs (difftop/il/plot.py): labels, seed grouping, metrics, summary, errors."""
 
 from __future__ import annotations
 
@@ -76,3 +76,36 @@ def test_il_eval_csv_without_metrics_is_a_clear_error(tmp_path, monkeypatch, cap
     (run / "eval.csv").write_text("step,wall_time\n10,1\n")
     assert cli.main(["plot", "r", "out=x.png"]) == 2
     assert "lacks the columns step and success_rate" in capsys.readouterr().err
+
+
+def test_il_plot_draws_the_metric_columns_eval_csv_has(tmp_path, monkeypatch, capsys):
+    """No task's metrics are hard-coded: a task logging success_rate alone, and extra mean_* columns."""
+    import matplotlib.image as mpimg
+
+    monkeypatch.chdir(tmp_path)
+    for seed, sr in ((0, 0.2), (1, 0.4)):
+        run = tmp_path / "lift" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"task: lift\nobs: state\npolicy: bc\nseed: {seed}\n")
+        (run / "eval.csv").write_text(f"step,wall_time,success_rate,mean_length,episodes\n10,1,{sr},50,5\n")
+    assert cli.main(["plot", "lift", "out=lift.png"]) == 0, capsys.readouterr().err
+    row = pd.read_csv("lift.csv").set_index("policy").loc["bc"]
+    assert row["success_rate_mean"] == pytest.approx(0.3) and row["mean_length_mean"] == 50
+    assert not any(c.startswith(("mean_max_coverage", "episodes", "wall_time")) for c in row.index)
+    two_rows = mpimg.imread("lift.png").shape[0]
+    assert cli.main(["plot", "lift", "out=sr.png", "metric=success_rate"]) == 0
+    row = pd.read_csv("sr.csv").set_index("policy").loc["bc"]
+    assert "success_rate_mean" in row.index and "mean_length_mean" not in row.index
+    assert mpimg.imread("sr.png").shape[0] == pytest.approx(two_rows / 2, rel=0.15)
+
+
+def test_il_metric_key_chooses_one_and_names_the_choices(il_runs, capsys):
+    assert cli.main(["plot", "il", "out=cov.png", "metric=mean_max_coverage"]) == 0
+    s = pd.read_csv(il_runs / "cov.csv").set_index("policy")
+    assert s.loc["difftop + bc", "mean_max_coverage_mean"] == pytest.approx(0.7)
+    assert not any(c.startswith("success_rate") for c in s.columns)
+    capsys.readouterr()
+    assert cli.main(["plot", "il", "out=x.png", "metric=coverage"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: metric='coverage'") and "success_rate, mean_max_coverage" in line
+    assert not (il_runs / "x.png").exists()

@@ -1,4 +1,4 @@
-"""Tests of `difftop plot` (difftop/rl/plot.py): grouping, seed aggregation, references, errors."""
+"""`difftop plot` on RL runs (difftop/plot/, difftop/rl/plot.py): grouping, seeds, references, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from difftop import cli
-from difftop.rl.plot import REPO_ROOT, aggregate, resolve_reference_dir
+from difftop.plot.curves import REPO_ROOT, aggregate, resolve_reference_dir
 
 
 def write_run(root: Path, name: str, rows: list[tuple[float, float, float]], **config) -> Path:

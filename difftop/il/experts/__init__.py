@@ -2,8 +2,8 @@
 
 A demo task is built by :func:`make_demo_task` from its name and its config section and has
 ``rollout(seed) -> Rollout`` (one attempt from the env's reset with that seed) and ``attrs()``
-(what to record about the generator in the dataset). To add a task (robosuite, metaworld, ...),
-write a module with such a class and add it to :data:`DEMO_TASKS`.
+(what to record about the generator in the dataset). A task (:mod:`difftop.tasks`) names its demo
+task class in its ``expert`` field.
 """
 
 from __future__ import annotations
@@ -17,10 +17,16 @@ import numpy as np
 
 from difftop.errors import UserError
 
-#: task name -> "module:class" of its demo task
-DEMO_TASKS: dict[str, str] = {
-    "pusht": "difftop.il.experts.pusht_task:PushTDemoTask",
-}
+
+def demo_task_spec(name: str) -> str:
+    """The ``"module:Class"`` of task ``name``'s demo task (its ``expert`` in :mod:`difftop.tasks`); a
+    UserError listing the tasks that have one otherwise."""
+    from difftop.tasks import TASKS, get_task
+
+    with_expert = sorted(n for n in TASKS if get_task(n).expert)
+    if name not in with_expert:
+        raise UserError(f"no expert for task {name!r}; valid tasks: {', '.join(with_expert)}")
+    return get_task(name).expert
 
 
 @dataclass
@@ -43,9 +49,7 @@ class DemoTask(Protocol):
 
 def make_demo_task(name: str, options: Mapping[str, Any] | None = None) -> DemoTask:
     """The demo task ``name`` configured by ``options``; UserError listing the valid tasks."""
-    if name not in DEMO_TASKS:
-        raise UserError(f"no expert for task {name!r}; valid tasks: {', '.join(sorted(DEMO_TASKS))}")
-    return load_demo_task(DEMO_TASKS[name], options)
+    return load_demo_task(demo_task_spec(name), options)
 
 
 def load_demo_task(spec: str, options: Mapping[str, Any] | None = None) -> DemoTask:
