@@ -247,13 +247,22 @@ class ILLoop(Loop):
     so an evaluation cut off (IBC's take ~30 min on a CPU) costs only itself."""
 
     def __init__(self, cfg: DictConfig, state: dict | None):
-        from difftop.data import SequenceDataset, load_dataset
+        from difftop.data import SequenceDataset, file_split, load_dataset
         from difftop.il.policies import build_policy, policy_from_spec
         self.cfg = cfg
         self.task = task = get_task(cfg.task)
         obs_keys = list(task.keys(cfg.obs))
-        data = load_dataset(cfg.data)
-        task.derive(data, cfg.obs)
+        if cfg.get("obs_keys"):  # a robomimic-style file: the user picks its observation keys
+            data = load_dataset(cfg.data, obs_keys=[str(k) for k in cfg.obs_keys])
+            given = [str(k) for k in data.attrs["obs_keys"]]
+            if cfg.eval_episodes and sorted(given) != sorted(obs_keys):
+                raise UserError(f"obs_keys give the observation keys {given}, but task {task.name}'s "
+                                f"rollouts (obs={cfg.obs}) provide {obs_keys}; pass eval_episodes=0 to train "
+                                f"without rollouts, or choose the task whose observations these are")
+            obs_keys = given
+        else:
+            data = load_dataset(cfg.data)
+            task.derive(data, cfg.obs)
         for k in [*obs_keys, "action"]:
             data[k]  # a UserError naming the file when a key is missing
         obs_shapes = {k: tuple(int(s) for s in data[k].shape[1:]) for k in obs_keys}
@@ -277,7 +286,14 @@ class ILLoop(Loop):
         meta = policy.shape_meta
         full = SequenceDataset(data, obs_keys, "action", horizon=meta.horizon, obs_horizon=meta.obs_horizon,
                                n_action_steps=meta.n_action_steps)
-        self.train_ds, self.val_ds = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
+        own = file_split(data) if cfg.get("file_split", True) else None
+        if own is not None:  # the file's own mask/train and mask/valid (robomimic's filters)
+            kw = dict(horizon=meta.horizon, obs_horizon=meta.obs_horizon, n_action_steps=meta.n_action_steps)
+            self.train_ds, self.val_ds = (SequenceDataset(data, obs_keys, "action", episodes=idx, **kw)
+                                          for idx in own)
+            print(f"split: the file's mask/train ({len(own[0])} episodes) and mask/valid ({len(own[1])})")
+        else:
+            self.train_ds, self.val_ds = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
         if len(self.train_ds) == 0:
             raise UserError(f"{cfg.data}: no training windows (episodes shorter than the policy's horizon "
                             f"{meta.horizon}?)")
