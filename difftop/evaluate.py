@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> int:
     path = check_eval_config(cfg)
     try:
         # through the module: what a checkpoint file is belongs to difftop.utils.checkpoint alone
-        state = checkpoints.load_checkpoint(path)
+        state = checkpoints.load_checkpoint(path, weights_only=True)  # no pickle: any checkpoint is safe
     except checkpoints.CheckpointError as e:
         raise UserError(str(e)) from None
     kind = state.get("kind")

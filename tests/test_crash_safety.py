@@ -105,3 +105,31 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_goes_on_from_it(rl_ref, tmp_path)
     assert state["env_step"] > 0
     assert main(["rl", *RL, f"out_dir={out}", "resume=true"]) == 0
     _same_run(out, rl_ref, "rl")
+
+
+def test_a_checkpoint_of_the_earlier_single_file_format_evaluates_and_resumes(rl_ref, tmp_path, capsys):
+    """A run folder of the earlier version (checkpoint.pt + buffer.npz beside it, no row counts) still
+    evaluates, serves as a base, and resumes to the same run."""
+    import shutil
+
+    import numpy as np
+
+    from difftop.utils.checkpoint import LEGACY_FORMAT
+
+    out = tmp_path / "old"
+    part = tmp_path / "part"
+    assert main(["rl", *[a for a in RL if not a.startswith("steps=")], "steps=400", f"out_dir={part}"]) == 0
+    shutil.copytree(part, out)
+    state = load_checkpoint(out, "rl")
+    for key in ("path", "logs", "next_ckpt"):
+        state.pop(key, None)
+    torch.save({**state, "format": LEGACY_FORMAT}, out / "checkpoint.pt")
+    with np.load(out / "checkpoint" / "buffer.npz") as z:
+        np.savez(out / "buffer.npz", **{k: z[k] for k in z.files})
+    shutil.rmtree(out / "checkpoint")
+    capsys.readouterr()
+    assert main(["eval", f"checkpoint={out / 'checkpoint.pt'}", "episodes=1", "video=false"]) == 0
+    assert "over 1 episodes" in capsys.readouterr().out
+    assert main(["rl", *RL, f"out_dir={out}", "resume=true"]) == 0
+    _same_run(out, rl_ref, "rl")
+    assert load_checkpoint(out, "rl")["path"].endswith("checkpoint")  # the new format from then on

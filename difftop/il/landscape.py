@@ -205,7 +205,7 @@ def main(cfg: DictConfig) -> int:
     device = resolve_device(cfg.device)
     try:
         # through the module: what a checkpoint file is belongs to difftop.utils.checkpoint alone
-        state = checkpoints.load_checkpoint(str(cfg.checkpoint), kind="il")
+        state = checkpoints.load_checkpoint(str(cfg.checkpoint), kind="il", weights_only=True)
         policy = policy_from_state(state)
     except checkpoints.CheckpointError as e:
         raise UserError(str(e)) from None

@@ -89,7 +89,7 @@ def load_policy(path: str | Path, ema: bool = True):
     from difftop.il.policies import policy_from_state
 
     try:
-        state = load_checkpoint(path, kind="il")
+        state = load_checkpoint(path, kind="il", weights_only=True)  # the weights file: no pickle
     except CheckpointError as e:
         raise UserError(str(e)) from None
     try:

@@ -219,7 +219,7 @@ class RLLoop(Loop):
         return {"buffer.npz": self.buffer.save} if self.cfg.save_buffer else {}
 
     def restore_files(self, ckpt_dir: Path) -> None:
-        for path in (ckpt_dir / "buffer.npz", ckpt_dir.parent / "buffer.npz"):  # v2, then a v1 run folder
+        for path in (ckpt_dir / "buffer.npz", ckpt_dir.parent / "buffer.npz"):  # v2; v1: beside checkpoint.pt
             if path.exists():
                 self.buffer.load(path)
                 return

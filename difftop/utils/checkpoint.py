@@ -269,6 +269,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, *,
         raise CheckpointError(f"checkpoint {given} does not exist")
     if found.is_file():
         state = _load_legacy(found, kind)
+        state["path"] = str(found)
     else:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
