@@ -194,12 +194,23 @@ def _check_number_types(cfg: Any, config_name: str) -> None:
     walk(defaults, cfg, "")
 
 
+def _store_il_policies() -> None:
+    """The config ``il_policies``: ``policies.<name>`` from every ``il_policy/<name>.yaml``, so that a new
+    IL policy is its module and its YAML (Hydra's defaults list cannot glob)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    node = {p.stem: OmegaConf.load(p) for p in sorted((CONFIG_DIR / "il_policy").glob("*.yaml"))}
+    ConfigStore.instance().store(name="il_policies", node={"policies": node})
+
+
 def run_command(cmd: tuple[str, ...], args: Sequence[str], prog: str | None = None) -> int:
     """Run the registered command ``cmd`` as a Hydra app with the arguments ``args`` (``prog``: the
     program name Hydra sees, by default ``difftop <command>``)."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
+    _store_il_policies()
     config_name, target = COMMANDS[cmd]
     codes: list[int] = []
 

@@ -31,6 +31,7 @@ from difftop import engine
 from difftop.engine import Context, Loop, RunSpec
 from difftop.errors import UserError
 from difftop.il.rollout import eval_row
+from difftop.nn.ema import ema_update_
 from difftop.tasks import get_task
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint
 from difftop.utils.checks import require_int, require_number
@@ -195,15 +196,6 @@ def _lr_lambda(cfg: DictConfig):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(total - warm, 1))))
 
     return f
-
-
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        if pm.requires_grad:
-            pe.lerp_(pm, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
 
 
 def _validate(policy, val_ds, cfg: DictConfig) -> dict[str, float]:
@@ -400,7 +392,7 @@ class ILLoop(Loop):
             if ok:
                 self.opt.step()
                 if self.ema is not None:
-                    _ema_update(self.ema, policy, float(cfg.ema_decay))
+                    ema_update_(self.ema, policy, 1.0 - float(cfg.ema_decay))
             self.opt.zero_grad(set_to_none=True)
         self.skipped += not ok
         self.sched.step()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from difftop.nn.told import PixelEncoder, orthogonal_init, q_head
+from difftop.nn.told import PixelEncoder, StateEncoder, orthogonal_init, q_head
 
 __all__ = ["ObsCritic"]
 
@@ -23,7 +23,7 @@ __all__ = ["ObsCritic"]
 def _obs_encoder(obs_shape, latent_dim: int, enc_dim: int, num_channels: int, pixels: bool) -> nn.Module:
     if pixels:
         return PixelEncoder(obs_shape, latent_dim, num_channels)
-    return nn.Sequential(nn.Linear(obs_shape[0], enc_dim), nn.ELU(), nn.Linear(enc_dim, latent_dim))
+    return StateEncoder(obs_shape[0], latent_dim, enc_dim)
 
 
 class _Q(nn.Module):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difftop.errors import UserError
+from difftop.nn.mlp import ACTIVATIONS, activation, mlp
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,39 +31,9 @@ __all__ = [
     "ObsEncoder",
     "PointNetEncoder",
     "SpatialSoftmax",
-    "build_mlp",
 ]
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "mish": nn.Mish,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-}
 ENCODER_KINDS = ("auto", "state", "image", "pointcloud")
-
-
-def _act(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise UserError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
-
-
-def build_mlp(
-    in_dim: int, hidden: Sequence[int], out_dim: int, act: str = "relu", dropout: float = 0.0
-) -> nn.Sequential:
-    """``Linear -> act [-> Dropout]`` per hidden width, then a final ``Linear`` to ``out_dim``."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, int(h)), _act(act)]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        d = int(h)
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
 
 
 def _groups(channels: int, groups: int) -> int:
@@ -82,7 +53,7 @@ class MLPEncoder(nn.Module):
             self.out_dim = in_dim
         else:
             self.out_dim = int(out_dim if out_dim is not None else hidden[-1])
-            self.net = nn.Sequential(build_mlp(in_dim, hidden, self.out_dim, act), _act(act))
+            self.net = nn.Sequential(mlp(in_dim, hidden, self.out_dim, act), activation(act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())
@@ -197,13 +168,8 @@ class PointNetEncoder(nn.Module):
         self, in_dim: int, dims: Sequence[int] = (64, 128, 256), out_dim: int = 128, act: str = "relu"
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        d = int(in_dim)
-        for h in dims:
-            layers += [nn.Linear(d, int(h)), nn.LayerNorm(int(h)), _act(act)]
-            d = int(h)
-        self.point_mlp = nn.Sequential(*layers)
-        self.proj = nn.Linear(d, out_dim)
+        self.point_mlp = mlp(in_dim, dims, None, act, norm=nn.LayerNorm)
+        self.proj = nn.Linear(int(dims[-1]) if dims else int(in_dim), out_dim)
         self.out_dim = int(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

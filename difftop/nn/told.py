@@ -17,7 +17,9 @@ Faithful to the original TD-MPC (Hansen, Wang & Su 2022, github.com/nicklashanse
 
 The sub-module attribute names (``_encoder``, ``_dynamics``, ``_reward``, ``_pi``, ``_Q1``,
 ``_Q2``) and the layer indices inside them are the original's, so a TD-MPC ``state_dict`` loads
-as is. Every method works on any number of leading batch dimensions and any float dtype.
+as is; callers reach the parts through the read-only properties ``encoder``, ``dynamics_net``,
+``reward_net``, ``pi_net`` and ``q_nets``. Every method works on any number of leading batch
+dimensions and any float dtype.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from difftop.nn.mlp import mlp
+
 __all__ = [
     "PI_NOISE_CLIP",
     "PixelEncoder",
     "StateEncoder",
     "TOLD",
-    "mlp",
     "orthogonal_init",
     "q_head",
     "truncated_normal_sample",
@@ -42,38 +45,10 @@ PI_NOISE_CLIP = 0.3  # TD-MPC: model.pi(...) samples TruncatedNormal(mu, std).sa
 _TRUNC_EPS = 1e-6  # TD-MPC's TruncatedNormal keeps samples in [low + eps, high - eps]
 
 
-def _activation(act: type[nn.Module] | nn.Module) -> nn.Module:
-    # Activations are stateless, so an instance may be shared (TD-MPC shares one ELU instance).
-    return act if isinstance(act, nn.Module) else act()
-
-
-def mlp(
-    in_dim: int,
-    hidden: int | Sequence[int],
-    out_dim: int,
-    act: type[nn.Module] | nn.Module = nn.ELU,
-) -> nn.Sequential:
-    """TD-MPC's MLP: ``Linear -> act -> Linear -> act -> Linear``; ``hidden`` is an int or a pair."""
-    h1, h2 = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
-    return nn.Sequential(
-        nn.Linear(in_dim, h1),
-        _activation(act),
-        nn.Linear(h1, h2),
-        _activation(act),
-        nn.Linear(h2, out_dim),
-    )
-
-
 def q_head(in_dim: int, hidden: int) -> nn.Sequential:
     """TD-MPC's Q function: ``Linear -> LayerNorm -> Tanh -> Linear -> ELU -> Linear(., 1)``."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden),
-        nn.LayerNorm(hidden),
-        nn.Tanh(),
-        nn.Linear(hidden, hidden),
-        nn.ELU(),
-        nn.Linear(hidden, 1),
-    )
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.Tanh(),
+                         *mlp(hidden, (hidden,), 1, nn.ELU))
 
 
 def orthogonal_init(m: nn.Module) -> None:
@@ -176,7 +151,7 @@ class StateEncoder(nn.Sequential):
     """TD-MPC's state encoder: ``Linear(obs_dim, enc_dim) -> ELU -> Linear(enc_dim, latent_dim)``."""
 
     def __init__(self, obs_dim: int, latent_dim: int, enc_dim: int = 256):
-        super().__init__(nn.Linear(obs_dim, enc_dim), nn.ELU(), nn.Linear(enc_dim, latent_dim))
+        super().__init__(*mlp(obs_dim, (enc_dim,), latent_dim, nn.ELU))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.to(self[0].weight.dtype))
@@ -218,14 +193,22 @@ class TOLD(nn.Module):
                 raise ValueError(f"state obs_shape must be (obs_dim,), got {self.obs_shape}")
             self._encoder = StateEncoder(self.obs_shape[0], latent_dim, enc_dim)
         za = latent_dim + action_dim
-        self._dynamics = mlp(za, mlp_dim, latent_dim)
-        self._reward = mlp(za, mlp_dim, 1)
-        self._pi = mlp(latent_dim, mlp_dim, action_dim)
+        hidden = (mlp_dim, mlp_dim)
+        self._dynamics = mlp(za, hidden, latent_dim, nn.ELU)
+        self._reward = mlp(za, hidden, 1, nn.ELU)
+        self._pi = mlp(latent_dim, hidden, action_dim, nn.ELU)
         self._Q1, self._Q2 = q_head(za, mlp_dim), q_head(za, mlp_dim)
         self.apply(orthogonal_init)
         for m in (self._reward, self._Q1, self._Q2):
             m[-1].weight.data.fill_(0)
             m[-1].bias.data.fill_(0)
+
+    # -- the parts, read-only (the attribute names stay TD-MPC's, for its state_dict keys) ------
+    encoder = property(lambda self: self._encoder, doc="h: observations -> latents.")
+    dynamics_net = property(lambda self: self._dynamics, doc="d's MLP over ``[z, a]``.")
+    reward_net = property(lambda self: self._reward, doc="R's MLP over ``[z, a]``.")
+    pi_net = property(lambda self: self._pi, doc="pi's MLP over ``z`` (before the tanh).")
+    q_nets = property(lambda self: (self._Q1, self._Q2), doc="The twin Q heads over ``[z, a]``.")
 
     def track_q_grad(self, enable: bool = True) -> None:
         """Enable/disable gradient tracking of the Q networks' parameters (used by the pi update)."""

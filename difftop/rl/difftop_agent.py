@@ -7,8 +7,11 @@ pi (``init=pi``) or from zeros (``init=zero``, the paper's Fig. 4 ablation). The
 H follows TD-MPC's schedule; the min over the twin latent Q is smoothed (``q_tau``) so the optimum
 does not sit on a kink.
 
+Structure: :class:`DiffTOPAgent` is TD-MPC's :class:`~difftop.rl.tdmpc.WorldModel` (TOLD and its
+learning) composed with a :class:`TrajOptActor`, which holds the solve, Q_s and the policy gradient.
+
 Learning: everything TD-MPC learns, plus
-- Q_s(s, a), a twin critic on the raw observation (:class:`difftop.nn.ObsCritic`), trained by TD
+- Q_s(s, a), a twin critic on the raw observation (:class:`difftop.nn.critic.ObsCritic`), trained by TD
   with a target network: y = r + gamma * min Q_s_target(s', pi(h(s'))), weighted like TD-MPC's
   value loss (``value_coef``, rho^t, PER weights), as in the official release, over the first
   ``qs_horizon`` steps of each sampled sub-trajectory (null: all H, as the official release; 1
@@ -17,9 +20,11 @@ Learning: everything TD-MPC learns, plus
 - the policy-gradient loss  c0 * -min(Q_s1, Q_s2)(s, a*_0(theta))  back-propagated through the
   solve into the encoder, dynamics, reward and latent Q (never into Q_s or pi). ``pg_mode``:
   ``online``: on every training acting step (the official scheme); gradients are accumulated
-  over the episode (as a mean) and applied by one step of a separate Adam at the episode's end.
-  Unlike the official code, the accumulation lives in its own buffers, so the TD-MPC updates
-  between acting steps do not wipe it.
+  over the episode (as a mean; the official code sums them in ``.grad``) and applied by one step
+  of a separate Adam at the episode's end, before that episode's TD-MPC updates, which run after
+  the episode here as in the official loop. The accumulation lives in its own buffers rather than
+  in ``.grad``, so it also stays intact where updates do interleave with acting (``difftop bench
+  rl`` runs one update per acting step, and every update clears the model's gradients).
   ``batched``: on ``pg_batch_size`` states of every replay minibatch, added to the TD-MPC
   gradient before its clipped optimizer step (our batched layer makes this cheap).
   ``none``: trajectory optimization for acting only (``difftop_noback``, paper Fig. 6).
@@ -30,17 +35,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from difftop.nn.critic import ObsCritic
+from difftop.nn.ema import ema_update_
 from difftop.rl.replay import Batch
 from difftop.rl.schedules import linear_schedule
-from difftop.rl.tdmpc import Prepared, TDMPCAgent, _clip_and_check, ema_
+from difftop.rl.tdmpc import Actor, Agent, Prepared, TDMPCAgent, WorldModel, clipped_step
 from difftop.trajopt import TrajOpt, latent_objective, smooth_min
 
-__all__ = ["DiffTOPAgent", "PG_MODES", "INITS", "resolve_qs_horizon"]
+__all__ = ["DiffTOPAgent", "INITS", "PG_MODES", "TrajOptActor", "make_agent", "resolve_qs_horizon"]
 
 PG_MODES = ("online", "batched", "none")
 INITS = ("pi", "zero")
@@ -55,27 +60,30 @@ def resolve_qs_horizon(value: Any, pixels: bool) -> Any:
     return value
 
 
-class DiffTOPAgent(TDMPCAgent):
-    name = "difftop"
+class TrajOptActor(Actor):
+    """DiffTOP's actor: acts by the trajectory optimization on the world model's TOLD, and learns
+    Q_s (TD, in the world model's optimizer) and the policy gradient through the solve."""
 
-    def __init__(self, cfg: Any, obs_shape: tuple[int, ...], action_dim: int,
-                 device: torch.device | str = "cpu"):
-        super().__init__(cfg, obs_shape, action_dim, device)
+    def __init__(self, world_model: WorldModel, obs_shape: tuple[int, ...], action_dim: int):
+        super().__init__(world_model)
+        cfg = self.cfg
         if cfg.pg_mode not in PG_MODES:
             raise ValueError(f"pg_mode must be one of {list(PG_MODES)}, got {cfg.pg_mode!r}")
         if cfg.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {cfg.init!r}")
         self.pg_mode = cfg.pg_mode
-        self.critic = ObsCritic(self.obs_shape, action_dim, latent_dim=cfg.latent_dim, mlp_dim=cfg.mlp_dim,
+        self.action_dim = int(action_dim)
+        self.pixels = world_model.pixels
+        self.critic = ObsCritic(tuple(obs_shape), action_dim, latent_dim=cfg.latent_dim, mlp_dim=cfg.mlp_dim,
                                 enc_dim=cfg.enc_dim, num_channels=cfg.num_channels,
                                 obs_type="pixels" if self.pixels else "state",
-                                shared_encoder=cfg.get("critic_shared_encoder")).to(self.device)
+                                shared_encoder=cfg.get("critic_shared_encoder")).to(world_model.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # One optimizer for the TD losses (TOLD + Q_s), as the official release.
-        self.optim.add_param_group({"params": list(self.critic.parameters())})
-        m = self.model
-        self.pg_params = [p for mod in (m._encoder, m._dynamics, m._reward, m._Q1, m._Q2)
-                          for p in mod.parameters()]
+        world_model.add_td_parameters(self.critic.parameters())
+        m = self.model  # the PG reaches everything the objective depends on, never pi
+        self.pg_params = [p for part in (m.encoder, m.dynamics_net, m.reward_net, *m.q_nets)
+                          for p in part.parameters()]
         self.pg_optim = torch.optim.Adam(self.pg_params, lr=cfg.pg_lr or cfg.lr)
         t = cfg.trajopt
         self.trajopt = TrajOpt(solver=t.solver, backward=t.backward, max_iters=t.max_iters, tol=t.tol,
@@ -87,6 +95,10 @@ class DiffTOPAgent(TDMPCAgent):
         self._solve_stats = {"iters": 0.0, "flagged": 0.0, "n": 0}
 
     # ----------------------------------------------------------------- acting
+    def planning_horizon(self, step: int) -> int:
+        """TD-MPC's horizon schedule, capped at ``horizon``."""
+        return int(min(self.cfg.horizon, linear_schedule(self.cfg.horizon_schedule, step)))
+
     def _init_actions(self, z0: torch.Tensor, T: int, explore: bool) -> torch.Tensor:
         if self.cfg.init == "zero":
             return z0.new_zeros(z0.shape[0], T, self.action_dim)
@@ -119,27 +131,20 @@ class DiffTOPAgent(TDMPCAgent):
         s["n"] += int(info.iterations.numel())
         return a
 
-    def act(self, obs: np.ndarray, *, step: int, t0: bool, eval_mode: bool = False) -> np.ndarray:
-        if eval_mode:
-            return self.act_batch(np.asarray(obs)[None], step=step, t0=t0)[0]
-        if step < self.cfg.seed_steps:
-            return self.random_action()
-        obs_t = self._obs_tensor(obs)
+    def act(self, obs: torch.Tensor, *, step: int, t0: bool) -> torch.Tensor:
         if self.pg_mode == "online":
-            a = self._online_pg(obs_t, step)
+            a = self._online_pg(obs, step)
         else:
             with torch.no_grad():
-                a = self.solve(self.model.h(obs_t), step, explore=True)[0, 0]
+                a = self.solve(self.model.h(obs), step, explore=True)[0, 0]
         std = linear_schedule(self.cfg.explore_std, step)
         if std > 0:
             a = a + std * torch.randn_like(a)
-        return self._finite(a)
+        return a
 
-    def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:
-        """Evaluation actions (B, A): one batched solve for B states (no exploration, not logged)."""
-        with torch.no_grad():
-            z0 = self.model.h(torch.as_tensor(np.asarray(obs), device=self.device))
-            return self._finite(self.solve(z0, step, explore=False, record=False)[:, 0])
+    def act_batch(self, obs: torch.Tensor, *, step: int, t0: bool) -> torch.Tensor:
+        """One batched solve for B states (no exploration, not logged)."""
+        return self.solve(self.model.h(obs), step, explore=False, record=False)[:, 0]
 
     # ------------------------------------------------------ policy gradient
     def _pg_loss(self, obs: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
@@ -151,10 +156,10 @@ class DiffTOPAgent(TDMPCAgent):
             self.critic.requires_grad_(True)
         return -self.cfg.c0 * q
 
-    def _online_pg(self, obs_t: torch.Tensor, step: int) -> torch.Tensor:
+    def _online_pg(self, obs: torch.Tensor, step: int) -> torch.Tensor:
         with torch.enable_grad():
-            a = self.solve(self.model.h(obs_t), step, explore=True)[:, 0]
-            loss = self._pg_loss(obs_t, a).sum()
+            a = self.solve(self.model.h(obs), step, explore=True)[:, 0]
+            loss = self._pg_loss(obs, a).sum()
             grads = torch.autograd.grad(loss, self.pg_params, allow_unused=True)
         if self._pg_acc is None:
             self._pg_acc = [torch.zeros_like(p) for p in self.pg_params]
@@ -166,17 +171,14 @@ class DiffTOPAgent(TDMPCAgent):
         return a.detach()[0]
 
     def end_episode(self) -> dict[str, float]:
+        """The online PG step: the episode's mean PG gradient, clipped, one step of ``pg_optim``."""
         out = self._solve_summary()
         if self.pg_mode != "online" or self._pg_count == 0:
             return out
         for p, acc in zip(self.pg_params, self._pg_acc):
             p.grad = acc / self._pg_count
-        norm, ok = _clip_and_check(self.pg_params, self.cfg.pg_grad_clip_norm)
-        if ok:
-            self.pg_optim.step()
-        else:
-            self.skipped_updates += 1
-        self.pg_optim.zero_grad(set_to_none=True)
+        norm, ok = clipped_step(self.pg_optim, self.pg_params, self.cfg.pg_grad_clip_norm)
+        self.skipped_steps += not ok
         out.update({"pg_loss": self._pg_loss_sum / self._pg_count, "pg_grad_norm": norm})
         self._pg_acc, self._pg_count, self._pg_loss_sum = None, 0, 0.0
         return out
@@ -190,7 +192,7 @@ class DiffTOPAgent(TDMPCAgent):
         return out
 
     # --------------------------------------------------------------- learning
-    def _extra_losses(self, b: Batch, prep: Prepared) -> tuple[torch.Tensor, dict]:
+    def losses(self, b: Batch, prep: Prepared) -> tuple[torch.Tensor, dict]:
         """Q_s's TD loss over the first ``qs_horizon`` steps of the sub-trajectory (all H by
         default, as the official release), in one batch. It reuses the update's augmented frames
         and TOLD's target action pi(h(s')): y_t = r_t + gamma * min Q_s_target(s_{t+1}, pi(h(s_{t+1})))."""
@@ -207,7 +209,9 @@ class DiffTOPAgent(TDMPCAgent):
         val_s = (rho * ((q1 - y).pow(2) + (q2 - y).pow(2)).view(k, B, -1)).sum(0)
         return c.value_coef * val_s.clamp(max=1e4), {"value_s_loss": val_s.mean().item()}
 
-    def _extra_backward(self, b: Batch, prep: Prepared, step: int) -> dict:
+    def backward(self, b: Batch, prep: Prepared, step: int) -> dict:
+        """``pg_mode=batched``: the PG loss on the first ``pg_batch_size`` states of the batch,
+        added to the TD gradients before their clipped step."""
         if self.pg_mode != "batched":
             return {}
         n = min(int(self.cfg.pg_batch_size), b.obs.shape[1])
@@ -217,42 +221,44 @@ class DiffTOPAgent(TDMPCAgent):
         loss.backward()
         return {"pg_loss": float(loss.detach())}
 
-    def _trainable(self) -> list[torch.Tensor]:
-        return [*self.model.parameters(), *self.critic.parameters()]
+    def update_targets(self) -> None:
+        ema_update_(self.critic_target, self.critic, self.cfg.tau)
 
-    def _update_targets(self) -> None:
-        super()._update_targets()
-        ema_(self.critic, self.critic_target, self.cfg.tau)
-
-    def update(self, buffer, step: int) -> dict[str, float]:
-        metrics = super().update(buffer, step)
-        if self.pg_mode == "batched":
-            metrics.update(self._solve_summary())
-        return metrics
+    def update_metrics(self) -> dict[str, float]:
+        return self._solve_summary() if self.pg_mode == "batched" else {}
 
     # ------------------------------------------------------------ persistence
     def modules(self) -> dict[str, nn.Module]:
-        return {**super().modules(), "critic": self.critic, "critic_target": self.critic_target}
+        return {"critic": self.critic, "critic_target": self.critic_target}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {**super().optimizers(), "pg_optim": self.pg_optim}
+        return {"pg_optim": self.pg_optim}
 
     def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["pg_acc"] = self._pg_acc
-        state["pg_count"] = self._pg_count
-        state["pg_loss_sum"] = self._pg_loss_sum
-        return state
+        return {**super().state_dict(), "pg_acc": self._pg_acc, "pg_count": self._pg_count,
+                "pg_loss_sum": self._pg_loss_sum, "solve_stats": dict(self._solve_stats)}
 
-    def load_state_dict(self, state: dict, *, weights_only: bool = False) -> None:
-        super().load_state_dict(state, weights_only=weights_only)
-        if not weights_only:
-            self._pg_acc = state.get("pg_acc")
-            self._pg_count = int(state.get("pg_count", 0))
-            self._pg_loss_sum = float(state.get("pg_loss_sum", 0.0))
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._pg_acc = state.get("pg_acc")
+        self._pg_count = int(state.get("pg_count", 0))
+        self._pg_loss_sum = float(state.get("pg_loss_sum", 0.0))
+        self._solve_stats = dict(state.get("solve_stats") or {"iters": 0.0, "flagged": 0.0, "n": 0})
 
 
-def make_agent(cfg: Any, obs_shape, action_dim: int, device="cpu") -> TDMPCAgent:
+class DiffTOPAgent(Agent):
+    """DiffTOP (and ``difftop_noback``: ``pg_mode=none``): the world model, acting by trajectory
+    optimization."""
+
+    name = "difftop"
+
+    def __init__(self, cfg: Any, obs_shape: tuple[int, ...], action_dim: int,
+                 device: torch.device | str = "cpu"):
+        wm = WorldModel(cfg, obs_shape, action_dim, device)
+        super().__init__(cfg, wm, TrajOptActor(wm, obs_shape, action_dim), action_dim)
+
+
+def make_agent(cfg: Any, obs_shape, action_dim: int, device="cpu") -> Agent:
     """The agent named by ``cfg.agent``: tdmpc, difftop or difftop_noback."""
     if cfg.agent == "tdmpc":
         return TDMPCAgent(cfg, obs_shape, action_dim, device)

@@ -20,7 +20,6 @@ from difftop.il.policies.bc import BCPolicy
 from difftop.il.policies.bc_rnn import BCRNNPolicy, gmm_log_prob
 from difftop.il.policies.diffusion import DiffusionPolicy
 from difftop.il.policies.ibc import IBCPolicy, dfo_minimize
-from difftop.il.policies.registry_baselines import BASELINES
 from difftop.il.policies.residual import ResidualPolicy
 from difftop.nn.encoders import ConvEncoder, ObsEncoder, PointNetEncoder
 
@@ -349,11 +348,90 @@ def test_bad_horizons_and_options_are_user_errors():
         BCPolicy(_shape_meta("bc"), obs_encoder="image")  # no image key in a state shape_meta
 
 
-def test_registry_names_policy_classes():
-    assert set(BASELINES) == set(NAMES)
-    for path in BASELINES.values():
+def test_registry_finds_every_policy_module_and_its_yaml():
+    """The names come from the modules' ``@register_policy`` (read without importing them); each one
+    registers exactly that name when imported, and each has its YAML in configs/il_policy/."""
+    from difftop.cli import CONFIG_DIR
+    from difftop.il.policies import POLICIES, policy_class
+    from difftop.il.policies.registry import declared_policies
+
+    assert set(POLICIES) >= {*NAMES, "difftop"} and set(declared_policies()) == {*NAMES, "difftop"}
+    for name, path in declared_policies().items():
         module, cls = path.split(":")
-        assert issubclass(getattr(importlib.import_module(module), cls), Policy)
+        assert policy_class(name) is getattr(importlib.import_module(module), cls)
+        assert issubclass(policy_class(name), Policy)
+    assert {p.stem for p in (CONFIG_DIR / "il_policy").glob("*.yaml")} == set(declared_policies())
+    with pytest.raises(UserError, match="unknown policy 'nope'; choose one of: bc, bc_rnn"):
+        policy_class("nope")
+
+
+TOY_MODULE = '''
+"""A toy policy in its own module: the constant mean action of the training data, plus a bias."""
+import torch
+from torch import nn
+
+from difftop.il.policies.base import Policy
+from difftop.il.policies.registry import register_policy
+
+
+@register_policy("toy_mean")
+class ToyMeanPolicy(Policy):
+    def __init__(self, shape_meta, bias: float = 0.0):
+        super().__init__(shape_meta)
+        self.mean = nn.Parameter(torch.zeros(shape_meta.n_action_steps, shape_meta.action_dim))
+        self.bias = float(bias)
+
+    def compute_loss(self, batch):
+        to, ta = self.shape_meta.obs_horizon, self.shape_meta.n_action_steps
+        target = self.normalizer.normalize("action", batch["action"][:, to - 1 : to - 1 + ta])
+        loss = (self.mean - target).pow(2).mean()
+        return loss, {"mse": loss.item()}
+
+    @torch.no_grad()
+    def predict_action(self, obs):
+        b = next(iter(obs.values())).shape[0]
+        return self.normalizer.unnormalize("action", self.mean.expand(b, -1, -1) + self.bias)
+'''
+TOY_YAML = """\
+# ToyMeanPolicy (toy_policy.ToyMeanPolicy): the training data's mean action chunk.
+obs_horizon: 2
+n_action_steps: 2
+horizon: null
+bias: 0.5
+"""
+
+
+def test_a_new_policy_is_one_module_and_one_yaml(tmp_path, monkeypatch):
+    """No registry to edit: the module's decorator names the policy and its YAML holds its
+    hyper-parameters; the policy then trains, is saved as a spec + state_dict and rebuilt."""
+    from omegaconf import OmegaConf
+
+    from difftop.il.policies import POLICIES, build_policy, policy_from_spec, policy_from_state, registry
+
+    monkeypatch.setattr(registry, "_registered", dict(registry._registered))  # leave no trace behind
+    (tmp_path / "toy_policy.py").write_text(TOY_MODULE)
+    (tmp_path / "toy_mean.yaml").write_text(TOY_YAML)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "toy_mean" not in POLICIES
+    importlib.import_module("toy_policy")
+    assert POLICIES["toy_mean"] == "toy_policy:ToyMeanPolicy"
+
+    params = OmegaConf.to_container(OmegaConf.load(tmp_path / "toy_mean.yaml"))
+    sm = _shape_meta("toy")
+    batch, norm = _data(sm)
+    policy, spec = build_policy("toy_mean", {"state": (5,)}, M, params)
+    assert policy.shape_meta.horizon == TO - 1 + TA and policy.bias == 0.5
+    policy.set_normalizer(norm)
+    _train(policy, batch, 100, lr=0.05)
+    target = norm.normalize("action", batch["action"][:, TO - 1 : TO - 1 + TA]).mean(0)
+    torch.testing.assert_close(policy.mean.detach(), target, atol=1e-3, rtol=0)
+    rebuilt = policy_from_spec(spec)
+    rebuilt.load_state_dict(policy.state_dict())
+    torch.testing.assert_close(rebuilt.predict_action(batch["obs"]), policy.predict_action(batch["obs"]))
+    loaded = policy_from_state({"spec": spec, "policy": policy.state_dict()})
+    torch.testing.assert_close(loaded.predict_action(batch["obs"]), policy.predict_action(batch["obs"]))
+    with pytest.raises(ValueError, match="already registered by toy_policy:ToyMeanPolicy"):
+        registry.register_policy("toy_mean")(type("Other", (Policy,), {}))
 
 
 def test_conv_encoder_uint8_crop_and_shapes():

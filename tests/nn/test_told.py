@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from difftop.nn import TOLD, PixelEncoder, mlp, orthogonal_init, q_head, truncated_normal_sample
+from difftop.nn import TOLD, PixelEncoder, orthogonal_init, q_head, truncated_normal_sample
+from difftop.nn.mlp import mlp
 
 OBS, ACT, LAT, MLP, ENC = 7, 3, 8, 16, 12
 
@@ -48,7 +49,7 @@ def test_pixel_shapes_uint8_and_float():
     assert z.shape == (2, LAT)
     torch.testing.assert_close(m.h(frames.float()), z)
     assert m.h(frames.unsqueeze(0)).shape == (1, 2, LAT)
-    enc = m._encoder
+    enc = m.encoder
     assert isinstance(enc, PixelEncoder)
     convs = [x for x in enc if isinstance(x, nn.Conv2d)]
     assert [(c.kernel_size[0], c.stride[0]) for c in convs] == [(7, 2), (5, 2), (3, 2), (3, 2)]
@@ -60,12 +61,12 @@ def test_pixel_shapes_uint8_and_float():
 
 def test_layer_orders_are_tdmpc():
     m = _state_model()
-    assert [type(x) for x in m._Q1] == [nn.Linear, nn.LayerNorm, nn.Tanh, nn.Linear, nn.ELU, nn.Linear]
-    assert [type(x) for x in m._dynamics] == [nn.Linear, nn.ELU, nn.Linear, nn.ELU, nn.Linear]
-    assert [type(x) for x in m._encoder] == [nn.Linear, nn.ELU, nn.Linear]
-    assert m._Q1[0].in_features == LAT + ACT and m._Q1[-1].out_features == 1
-    assert m._reward[0].in_features == LAT + ACT and m._reward[-1].out_features == 1
-    assert m._pi[0].in_features == LAT and m._pi[-1].out_features == ACT
+    assert [type(x) for x in m.q_nets[0]] == [nn.Linear, nn.LayerNorm, nn.Tanh, nn.Linear, nn.ELU, nn.Linear]
+    assert [type(x) for x in m.dynamics_net] == [nn.Linear, nn.ELU, nn.Linear, nn.ELU, nn.Linear]
+    assert [type(x) for x in m.encoder] == [nn.Linear, nn.ELU, nn.Linear]
+    assert m.q_nets[0][0].in_features == LAT + ACT and m.q_nets[0][-1].out_features == 1
+    assert m.reward_net[0].in_features == LAT + ACT and m.reward_net[-1].out_features == 1
+    assert m.pi_net[0].in_features == LAT and m.pi_net[-1].out_features == ACT
     assert [type(x) for x in mlp(2, (3, 4), 5, act=nn.ReLU)] == [nn.Linear, nn.ReLU] * 2 + [nn.Linear]
     assert q_head(6, 10)[1].normalized_shape == (10,)
     keys = set(m.state_dict())  # TD-MPC's parameter names: a TD-MPC state_dict loads as is
@@ -74,7 +75,7 @@ def test_layer_orders_are_tdmpc():
 
 def test_zero_init_reward_and_q_are_exactly_zero():
     m = _state_model()
-    for head in (m._reward, m._Q1, m._Q2):
+    for head in (m.reward_net, *m.q_nets):
         assert torch.count_nonzero(head[-1].weight) == 0 and torch.count_nonzero(head[-1].bias) == 0
     z = m.h(torch.randn(6, OBS))
     a = torch.rand(6, ACT) * 2 - 1
@@ -85,12 +86,12 @@ def test_zero_init_reward_and_q_are_exactly_zero():
 
 def test_orthogonal_init():
     m = _state_model()
-    for lin in (m._dynamics[0], m._dynamics[2], m._pi[4], m._encoder[0], m._Q1[3]):
+    for lin in (m.dynamics_net[0], m.dynamics_net[2], m.pi_net[4], m.encoder[0], m.q_nets[0][3]):
         w = lin.weight.detach()
         gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
         torch.testing.assert_close(gram, torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
         assert torch.count_nonzero(lin.bias) == 0
-    conv = _pixel_model()._encoder[1]
+    conv = _pixel_model().encoder[1]
     w = conv.weight.detach().flatten(1)  # (4, 9*7*7): orthogonal rows with the ReLU gain sqrt(2)
     torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(4), atol=1e-5, rtol=0)
     lin = nn.Linear(3, 3)
@@ -101,10 +102,10 @@ def test_orthogonal_init():
 def test_pi_bounds_noise_clip_and_straight_through_grad():
     m = _state_model()
     with torch.no_grad():
-        m._pi[-1].weight.mul_(50.0)  # saturate tanh so that the clamp is active
+        m.pi_net[-1].weight.mul_(50.0)  # saturate tanh so that the clamp is active
     z = m.h(torch.randn(64, OBS))
     mu = m.pi(z)
-    torch.testing.assert_close(mu, torch.tanh(m._pi(z)))
+    torch.testing.assert_close(mu, torch.tanh(m.pi_net(z)))
     assert mu.abs().max() <= 1.0
     torch.manual_seed(1)
     a = m.pi(z, 5.0)
@@ -138,8 +139,8 @@ def test_double_dtype():
 def test_track_q_grad():
     m = _state_model()
     m.track_q_grad(False)
-    assert not any(p.requires_grad for p in [*m._Q1.parameters(), *m._Q2.parameters()])
-    assert all(p.requires_grad for p in m._pi.parameters())
+    assert not any(p.requires_grad for p in [*m.q_nets[0].parameters(), *m.q_nets[1].parameters()])
+    assert all(p.requires_grad for p in m.pi_net.parameters())
     m.track_q_grad(True)
     assert all(p.requires_grad for p in m.parameters())
 
@@ -157,7 +158,7 @@ def test_bad_arguments():
 def test_pixel_encoder_channels_last_on_cpu_equals_the_plain_layers():
     """On CPU the encoder runs its convolutions channels-last (faster there): the same outputs and
     input gradients as the plain layer stack in the default layout, from either layout of input."""
-    enc = _pixel_model()._encoder
+    enc = _pixel_model().encoder
     frames = (torch.rand(6, 9, 84, 84) * 255).requires_grad_(True)
     ref = torch.nn.Sequential.forward(enc, frames)
     ref.sum().backward()
@@ -172,7 +173,7 @@ def test_pixel_encoder_channels_last_on_cpu_equals_the_plain_layers():
 
 
 def test_pixel_encoder_slices_large_cpu_batches_without_changing_results():
-    enc = _pixel_model()._encoder
+    enc = _pixel_model().encoder
     frames = torch.rand(3, 5, 9, 84, 84) * 255
     whole = enc(frames)
     enc.cpu_chunk = 4  # 15 frames -> slices of 4, 4, 4, 3

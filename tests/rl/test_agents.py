@@ -1,4 +1,5 @@
-"""TD-MPC losses and target updates; DiffTOP's policy-gradient loss through the solve."""
+"""TD-MPC losses and target updates; DiffTOP's policy-gradient loss through the solve; the agents'
+composition (world model + actor) and their checkpoints."""
 
 import copy
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from difftop.rl.difftop_agent import DiffTOPAgent, make_agent
+from difftop.rl.difftop_agent import DiffTOPAgent, TrajOptActor, make_agent
+from difftop.rl.mppi import MPPIPlanner
 from difftop.rl.replay import ReplayBuffer
-from difftop.rl.tdmpc import TDMPCAgent
+from difftop.rl.tdmpc import LEGACY_ACTOR_KEYS, MPPIActor, TDMPCAgent, WorldModel
 
 OBS, M, L = 5, 2, 12
 
@@ -30,24 +32,25 @@ def _nonzero_heads(agent, concave: float = 0.0):
     interior so gradients through the solve can be seen (the objective still comes from the model).
     """
     g = torch.Generator().manual_seed(0)
-    heads = [agent.model._reward, agent.model._Q1, agent.model._Q2]
-    if hasattr(agent, "critic"):
-        heads += [agent.critic.q1.head, agent.critic.q2.head]
+    actor = agent.actor
+    heads = [agent.model.reward_net, *agent.model.q_nets]
+    if hasattr(actor, "critic"):
+        heads += [actor.critic.q1.head, actor.critic.q2.head]
     for m in heads:
         with torch.no_grad():
             m[-1].weight.copy_(torch.randn(m[-1].weight.shape, generator=g) * 0.3)
             m[-1].bias.normal_(generator=g)
     if concave:
-        build = agent.objective
+        build = actor.objective
 
         def objective(z0):
             J = build(z0)
             return lambda A: J(A) - concave * A.pow(2).sum((1, 2))
 
-        agent.objective = objective
-    agent.target = copy.deepcopy(agent.model).requires_grad_(False)
-    if hasattr(agent, "critic"):
-        agent.critic_target = copy.deepcopy(agent.critic).requires_grad_(False)
+        actor.objective = objective
+    agent.world_model.target = copy.deepcopy(agent.model).requires_grad_(False)
+    if hasattr(actor, "critic"):
+        actor.critic_target = copy.deepcopy(actor.critic).requires_grad_(False)
 
 
 def _params(module):
@@ -62,7 +65,8 @@ def test_reward_loss_matches_hand_computation(tiny_cfg):
     torch.manual_seed(0)
     agent = TDMPCAgent(tiny_cfg(agent="tdmpc"), (OBS,), M)
     b = _buffer().sample(8, np.random.default_rng(0), horizon=2)
-    _, _, _, metrics = agent._model_losses(b)
+    wm = agent.world_model
+    _, _, _, metrics = wm.losses(b)
     m, rho = agent.model, agent.cfg.rho
     with torch.no_grad():
         z = m.h(b.obs[0])
@@ -73,8 +77,8 @@ def test_reward_loss_matches_hand_computation(tiny_cfg):
     # consistency with the target encoder of the next observation
     with torch.no_grad():
         z1 = m.dynamics(m.h(b.obs[0]), b.action[0])
-        c0 = (z1 - agent.target.h(b.obs[1])).pow(2).mean(-1)
-    total, zs, prio, metrics = agent._model_losses(b)
+        c0 = (z1 - wm.target.h(b.obs[1])).pow(2).mean(-1)
+    total, zs, prio, metrics = wm.losses(b)
     assert len(zs) == 3 and prio.shape == (8, 1)
     assert metrics["consistency_loss"] >= c0.mean().item() - 1e-6  # plus rho * step-2 term >= 0
 
@@ -84,10 +88,11 @@ def test_update_moves_model_priorities_and_ema_target_every_other_step(tiny_cfg)
     agent = TDMPCAgent(tiny_cfg(agent="tdmpc"), (OBS,), M)
     buf = _buffer()
     pr0 = buf._priority.copy()
-    tgt0 = _params(agent.target)
+    target = agent.world_model.target
+    tgt0 = _params(target)
     before = _params(agent.model)
     metrics = agent.update(buf, step=1)  # odd step: no target update
-    assert _changed(tgt0, agent.target) == set()
+    assert _changed(tgt0, target) == set()
     assert not np.array_equal(pr0, buf._priority)
     assert {"consistency_loss", "reward_loss", "value_loss", "pi_loss", "grad_norm"} <= metrics.keys()
     changed = _changed(before, agent.model)
@@ -95,7 +100,7 @@ def test_update_moves_model_priorities_and_ema_target_every_other_step(tiny_cfg)
     online = _params(agent.model)
     agent.update(buf, step=2)  # even step: target <- lerp(target, online_after_step, tau)
     tau = agent.cfg.tau
-    for n, p in agent.target.named_parameters():
+    for n, p in target.named_parameters():
         want = tgt0[n] + tau * (dict(agent.model.named_parameters())[n].detach() - tgt0[n])
         assert torch.allclose(p, want, atol=1e-6), n
     assert online  # silence
@@ -108,10 +113,10 @@ def test_pi_update_only_moves_pi(tiny_cfg):
     b = _buffer().sample(8, np.random.default_rng(0))
     zs = [agent.model.h(b.obs[0]).detach()]
     before = _params(agent.model)
-    agent.update_pi(zs)
+    agent.world_model.update_pi(zs)
     changed = _changed(before, agent.model)
     assert changed and all(n.startswith("_pi") for n in changed)
-    assert all(p.requires_grad for p in agent.model._Q1.parameters())  # Q grads re-enabled
+    assert all(p.requires_grad for p in agent.model.q_nets[0].parameters())  # Q grads re-enabled
 
 
 def test_batched_pg_reaches_encoder_dynamics_reward_q_and_nothing_else(tiny_cfg):
@@ -120,28 +125,30 @@ def test_batched_pg_reaches_encoder_dynamics_reward_q_and_nothing_else(tiny_cfg)
     agent = DiffTOPAgent(cfg, (OBS,), M)
     _nonzero_heads(agent, concave=5.0)
     b = _buffer().sample(8, np.random.default_rng(0))
-    agent.optim.zero_grad(set_to_none=True)
-    metrics = agent._extra_backward(b, agent._prepare(b), step=10**6)
+    wm, actor = agent.world_model, agent.actor
+    wm.optim.zero_grad(set_to_none=True)
+    metrics = actor.backward(b, wm.prepare(b), step=10**6)
     assert np.isfinite(metrics["pg_loss"])
     m = agent.model
-    for name in ("_encoder", "_dynamics", "_reward", "_Q1", "_Q2"):
-        grads = [p.grad for p in getattr(m, name).parameters()]
-        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m._pi.parameters())
-    assert all(p.grad is None for p in agent.critic.parameters())
-    assert all(p.requires_grad for p in agent.critic.parameters())
+    for part in (m.encoder, m.dynamics_net, m.reward_net, *m.q_nets):
+        grads = [p.grad for p in part.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), part
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.pi_net.parameters())
+    assert all(p.grad is None for p in actor.critic.parameters())
+    assert all(p.requires_grad for p in actor.critic.parameters())
 
 
 def test_online_pg_step_at_episode_end_changes_pg_params_only(tiny_cfg):
     torch.manual_seed(0)
     agent = DiffTOPAgent(tiny_cfg(agent="difftop", pg_mode="online"), (OBS,), M)
     _nonzero_heads(agent, concave=5.0)
-    before_m, before_c = _params(agent.model), _params(agent.critic)
+    actor = agent.actor
+    before_m, before_c = _params(agent.model), _params(actor.critic)
     obs = np.random.default_rng(0).normal(size=(4, OBS)).astype(np.float32)
     for t in range(4):
         a = agent.act(obs[t], step=10**6, t0=t == 0)
         assert a.shape == (M,) and np.all(np.abs(a) <= 1)
-    assert agent._pg_count == 4
+    assert actor._pg_count == 4
     assert _changed(before_m, agent.model) == set()  # nothing applied before the episode ends
     out = agent.end_episode()
     assert np.isfinite(out["pg_loss"]) and out["pg_grad_norm"] > 0
@@ -149,8 +156,8 @@ def test_online_pg_step_at_episode_end_changes_pg_params_only(tiny_cfg):
     for name in ("_encoder", "_dynamics", "_reward", "_Q1", "_Q2"):
         assert any(n.startswith(name) for n in changed), name
     assert not any(n.startswith("_pi") for n in changed)
-    assert _changed(before_c, agent.critic) == set()
-    assert agent._pg_count == 0 and all(p.grad is None for p in agent.pg_params)
+    assert _changed(before_c, actor.critic) == set()
+    assert actor._pg_count == 0 and all(p.grad is None for p in actor.pg_params)
 
 
 def test_noback_acts_by_trajopt_without_pg(tiny_cfg):
@@ -166,7 +173,7 @@ def test_noback_acts_by_trajopt_without_pg(tiny_cfg):
         z = agent.model.h(torch.as_tensor(obs)[None])
         pi_a = agent.model.pi(z)[0].numpy()
     assert not np.allclose(a, pi_a)
-    assert agent.end_episode().get("pg_loss") is None and agent._pg_count == 0
+    assert agent.end_episode().get("pg_loss") is None and agent.actor._pg_count == 0
     assert _changed(before, agent.model) == set()
 
 
@@ -191,14 +198,15 @@ def test_explore_std_follows_its_schedule(tiny_cfg):
 def test_zero_init_and_value_s_loss(tiny_cfg):
     torch.manual_seed(0)
     agent = DiffTOPAgent(tiny_cfg(agent="difftop", init="zero"), (OBS,), M)
-    init = agent._init_actions(torch.zeros(3, agent.cfg.latent_dim), 4, explore=True)
+    actor = agent.actor
+    init = actor._init_actions(torch.zeros(3, agent.cfg.latent_dim), 4, explore=True)
     assert torch.equal(init, torch.zeros(3, 4, M))
     b = _buffer().sample(8, np.random.default_rng(0))
-    loss, metrics = agent._extra_losses(b, agent._prepare(b))
+    loss, metrics = actor.losses(b, agent.world_model.prepare(b))
     assert loss.shape == (8, 1) and metrics["value_s_loss"] >= 0
-    before = _params(agent.critic)
+    before = _params(actor.critic)
     agent.update(_buffer(), step=1)
-    assert _changed(before, agent.critic)  # Q_s is trained by its TD loss
+    assert _changed(before, actor.critic)  # Q_s is trained by its TD loss
 
 
 def test_unknown_agent_and_pg_mode(tiny_cfg):
@@ -210,12 +218,12 @@ def test_unknown_agent_and_pg_mode(tiny_cfg):
 
 def _qs_loop(agent, b, prep, steps):
     """Q_s's TD loss accumulated step by step, TD-MPC style (the reference)."""
-    ref = 0.0
+    ref, actor = 0.0, agent.actor
     for t in range(steps):
-        q1, q2 = agent.critic(prep.obs[t], b.action[t])
+        q1, q2 = actor.critic(prep.obs[t], b.action[t])
         with torch.no_grad():
             y = b.reward[t] + agent.cfg.discount * torch.min(
-                *agent.critic_target(prep.obs[t + 1], prep.next_action[t]))
+                *actor.critic_target(prep.obs[t + 1], prep.next_action[t]))
         ref = ref + agent.cfg.rho ** t * ((q1 - y).pow(2) + (q2 - y).pow(2))
     return agent.cfg.value_coef * ref
 
@@ -227,13 +235,13 @@ def test_obs_critic_loss_in_one_batch_equals_the_per_step_loop(tiny_cfg):
     agent = make_agent(tiny_cfg(agent="difftop"), (OBS,), M)
     _nonzero_heads(agent)
     b = _buffer(horizon=3).sample(8, np.random.default_rng(1))
-    prep = agent._prepare(b)
-    loss, _ = agent._extra_losses(b, prep)
+    prep = agent.world_model.prepare(b)
+    loss, _ = agent.actor.losses(b, prep)
     assert loss.shape == (8, 1)
     torch.testing.assert_close(loss, _qs_loop(agent, b, prep, 3), rtol=1e-5, atol=1e-6)
     for k, steps in ((1, 1), (2, 2), (7, 3)):  # more than H: all H
         agent.cfg.qs_horizon = k
-        torch.testing.assert_close(agent._extra_losses(b, prep)[0], _qs_loop(agent, b, prep, steps),
+        torch.testing.assert_close(agent.actor.losses(b, prep)[0], _qs_loop(agent, b, prep, steps),
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -243,9 +251,9 @@ def test_prepared_targets_equal_the_per_step_definitions(tiny_cfg):
     agent = make_agent(tiny_cfg(agent="tdmpc", min_std=0.0), (OBS,), M)  # no target-policy noise
     _nonzero_heads(agent)
     b = _buffer(horizon=3).sample(8, np.random.default_rng(2))
-    prep = agent._prepare(b)
+    prep = agent.world_model.prepare(b)
     assert torch.equal(prep.obs, b.obs)  # states: no augmentation
-    m, tgt = agent.model, agent.target
+    m, tgt = agent.model, agent.world_model.target
     with torch.no_grad():
         for t in range(3):
             z = m.h(b.obs[t + 1])
@@ -269,11 +277,11 @@ def test_one_augmentation_per_update_for_pixels(tiny_cfg, qs_horizon, steps):
         buf.add_episode(rng.integers(0, 256, (L + 1, *shape), dtype=np.uint8),
                         rng.uniform(-1, 1, (L, M)).astype(np.float32), rng.normal(size=L).astype(np.float32))
     b = buf.sample(4, rng)
-    prep = agent._prepare(b)
+    prep = agent.world_model.prepare(b)
     assert prep.obs.shape == b.obs.shape and not torch.equal(prep.obs, b.obs)
     seen = []
-    agent.critic.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
-    agent._extra_losses(b, prep)
+    agent.actor.critic.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    agent.actor.losses(b, prep)
     torch.testing.assert_close(seen[0], prep.obs[:steps].flatten(0, 1))
 
 
@@ -302,10 +310,11 @@ def test_solves_cut_short_get_the_exact_implicit_gradient_by_default(tiny_cfg):
         if mode == "memory":
             cfg.trajopt.implicit_unconverged = "memory"
         agent = DiffTOPAgent(cfg, (OBS,), M)
-        assert agent.trajopt.implicit_unconverged == mode
+        actor = agent.actor
+        assert actor.trajopt.implicit_unconverged == mode
         _nonzero_heads(agent, concave=5.0)
         z0 = agent.model.h(torch.randn(3, OBS))
-        a, info = agent.trajopt(agent.objective(z0), agent._init_actions(z0, 3, False))
+        a, info = actor.trajopt(actor.objective(z0), actor._init_actions(z0, 3, False))
         (-a.sum()).backward()
         assert bool((info.status & NOT_CONVERGED).all())
         assert bool((info.status & IMPLICIT_INEXACT).any()) == inexact
@@ -323,3 +332,73 @@ def test_act_batch_acts_for_every_state_and_eval_act_is_its_batch_of_one(tiny_cf
     if agent_name != "tdmpc":  # a DiffTOP solve is deterministic and independent of the batch
         np.testing.assert_allclose(a, one, atol=1e-5)
     assert agent.end_episode().get("solve_iters") is None  # evaluation solves are not logged
+
+
+def test_agents_compose_one_world_model_with_their_own_actor(tiny_cfg):
+    """TD-MPC and DiffTOP share the world model by composition: the same TOLD from the same seed
+    (DiffTOP's extra networks are built after it), MPPI only where it acts, Q_s only in DiffTOP."""
+    torch.manual_seed(0)
+    tdmpc = make_agent(tiny_cfg(agent="tdmpc"), (OBS,), M)
+    torch.manual_seed(0)
+    difftop = make_agent(tiny_cfg(agent="difftop"), (OBS,), M)
+    assert type(tdmpc.world_model) is type(difftop.world_model) is WorldModel
+    assert not isinstance(difftop, TDMPCAgent)
+    assert isinstance(tdmpc.actor, MPPIActor) and isinstance(difftop.actor, TrajOptActor)
+    assert not any(isinstance(v, MPPIPlanner) for v in vars(difftop.actor).values())  # no unused planner
+    for k, v in tdmpc.model.state_dict().items():
+        assert torch.equal(v, difftop.model.state_dict()[k]), k
+    assert set(tdmpc.state_dict()["modules"]) == {"model", "target"}
+    assert set(difftop.state_dict()["modules"]) == {"model", "target", "critic", "critic_target"}
+    # Q_s is trained by the world model's TD optimizer, after TOLD's parameters
+    wm = difftop.world_model
+    assert wm.td_parameters() == [*difftop.model.parameters(), *difftop.actor.critic.parameters()]
+
+
+def _legacy(state: dict) -> dict:
+    """An agent state_dict as written before the world model / actor split: the actor's state at
+    the top level under its old names (``modules`` and ``optimizers`` are unchanged)."""
+    old = {k: v for k, v in state.items() if k != "actor"}
+    actor = state["actor"]
+    old["planner_prev_mean"] = actor.get("prev_mean")  # DiffTOP agents wrote None here
+    for key in ("pg_acc", "pg_count", "pg_loss_sum"):
+        if key in actor:
+            old[key] = actor[key]
+    return old
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+@pytest.mark.parametrize("agent_name", ["tdmpc", "difftop"])
+def test_a_state_dict_with_the_old_key_names_loads_and_resumes_the_same_run(tiny_cfg, agent_name, legacy):
+    """Mid-episode, as a checkpoint can be: the old layout (``legacy``) and the current one."""
+    cfg = tiny_cfg(agent=agent_name, pg_mode="online")
+    obs = np.random.default_rng(0).normal(size=(4, OBS)).astype(np.float32)
+    buf = _buffer()
+    torch.manual_seed(0)
+    agent = make_agent(cfg, (OBS,), M)
+    for t in range(3):  # a warm start (MPPI) / a part-accumulated PG gradient (DiffTOP) to carry over
+        agent.act(obs[t], step=10**6, t0=t == 0)
+    agent.update(buf, step=2)
+    old = _legacy(agent.state_dict()) if legacy else agent.state_dict()
+    if legacy:
+        assert "actor" not in old and set(LEGACY_ACTOR_KEYS) & set(old)
+        if agent_name == "tdmpc":
+            assert old["planner_prev_mean"] is not None
+        else:
+            assert old["pg_count"] == 3 and len(old["pg_acc"]) == len(agent.actor.pg_params)
+    torch.manual_seed(1)  # other initial weights: everything must come from the state_dict
+    resumed = make_agent(cfg, (OBS,), M)
+    resumed.load_state_dict(copy.deepcopy(old))
+    traces = []
+    for a in (agent, resumed):  # both continue (on copies of the buffer): the same actions, metrics, weights
+        torch.manual_seed(5)
+        traces.append([a.act(obs[3], step=10**6, t0=False), a.end_episode(), a.update(copy.deepcopy(buf), 3)])
+    np.testing.assert_array_equal(traces[0][0], traces[1][0])
+    for t in traces if legacy else ():  # solve counts for the logs: not in old checkpoints
+        t[1] = {k: v for k, v in t[1].items() if not k.startswith("solve_")}
+    assert traces[0][1:] == traces[1][1:]
+    for k, v in agent.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    weights = make_agent(cfg, (OBS,), M)
+    weights.load_state_dict(old, weights_only=True)  # `difftop eval` on an old checkpoint
+    for k, v in old["modules"]["model"].items():
+        assert torch.equal(v, weights.model.state_dict()[k]), k

@@ -15,7 +15,7 @@ def _model(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     m = TOLD((OBS,), ACT, latent_dim=LAT, mlp_dim=16, enc_dim=8)
     with torch.no_grad():
-        for head in (m._reward, m._Q1, m._Q2):
+        for head in (m.reward_net, *m.q_nets):
             head[-1].weight.normal_(0.0, 0.5)
             head[-1].bias.normal_(0.0, 0.1)
     return m.to(dtype)

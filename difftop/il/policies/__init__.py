@@ -1,8 +1,11 @@
-"""Imitation policies by name, imported lazily: a missing or broken module breaks only its own name.
+"""Imitation policies by name: build, save and rebuild them.
 
-:data:`POLICIES` maps a name to ``"module:Class"``; :func:`policy_class` imports it on demand.
-Every class takes ``(shape_meta, **params)``, plus a trained policy as ``base=`` (DiffTOP, Residual)
-or ``init_policy=`` (IBC) when its signature has one. A class may define
+A policy is a :class:`~difftop.il.policies.base.Policy` subclass registered with
+``@register_policy("name")`` in its own module of this package, plus its hyper-parameters in
+``difftop/configs/il_policy/<name>.yaml`` (:mod:`difftop.il.policies.registry`: names are found
+without importing, and a module is imported when its policy is built, so a missing or broken module
+breaks only its own name). Every class takes ``(shape_meta, **params)``, plus a trained policy as
+``base=`` (DiffTOP, Residual) or ``init_policy=`` (IBC) when its signature has one. A class may define
 ``make_shape_meta(obs, action_dim, params, base_meta)`` to derive its
 :class:`~difftop.il.policies.base.ShapeMeta` from its config (popping the keys it uses);
 otherwise the config keys ``obs_horizon``, ``horizon`` (null: ``To - 1 + Ta``) and
@@ -15,41 +18,18 @@ base's own spec, or None); its weights (the frozen base's included) live in its 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
+from difftop.il.policies.registry import POLICIES, policy_class, register_policy
 
-__all__ = ["POLICIES", "Policy", "ShapeMeta", "base_arg", "build_policy", "policy_class", "policy_from_spec",
-           "policy_from_state", "policy_spec"]
-
-
-def _baselines() -> dict[str, str]:
-    try:
-        from difftop.il.policies.registry_baselines import BASELINES
-    except ImportError:  # the baselines are not there (yet): the other policies still work
-        return {}
-    return dict(BASELINES)
-
-
-POLICIES: dict[str, str] = {**_baselines(), "difftop": "difftop.il.policies.difftop_cvae:DiffTOPPolicy"}
+__all__ = ["BASE_ARGS", "POLICIES", "Policy", "ShapeMeta", "base_arg", "build_policy", "policy_class",
+           "policy_from_spec", "policy_from_state", "policy_spec", "register_policy"]
 
 SHAPE_KEYS = ("obs_horizon", "horizon", "n_action_steps")
-
-
-def policy_class(name: str) -> type[Policy]:
-    """The class registered as ``name`` (UserError for an unknown or unimportable one)."""
-    if name not in POLICIES:
-        raise UserError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
-    module, _, attr = POLICIES[name].partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"policy {name!r} is not available ({type(e).__name__}: {e})") from None
-    return cls
 
 
 BASE_ARGS = ("base", "init_policy")

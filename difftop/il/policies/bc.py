@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
-from difftop.nn.encoders import ObsEncoder, build_mlp
+from difftop.il.policies.registry import register_policy
+from difftop.nn.encoders import ObsEncoder
+from difftop.nn.mlp import mlp
 
 __all__ = [
     "BCPolicy",
@@ -114,6 +116,7 @@ class BaseChunks:
         return chunk[:, self.pos - steps : self.pos]
 
 
+@register_policy("bc")
 class BCPolicy(Policy):
     """MLP on the flattened, normalised observation history -> ``Ta`` normalised actions."""
 
@@ -130,7 +133,7 @@ class BCPolicy(Policy):
         self.window = action_window(shape_meta)
         self.encoder = build_encoder(shape_meta, obs_encoder, encoder)
         to, ta, m = shape_meta.obs_horizon, shape_meta.n_action_steps, shape_meta.action_dim
-        self.head = build_mlp(self.encoder.out_dim * to, tuple(hidden), ta * m, activation, dropout)
+        self.head = mlp(self.encoder.out_dim * to, hidden, ta * m, activation, dropout=dropout)
 
     def _forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         sm = self.shape_meta

@@ -23,7 +23,8 @@ from torch import nn
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import build_encoder, recent_obs
-from difftop.nn.encoders import build_mlp
+from difftop.il.policies.registry import register_policy
+from difftop.nn.mlp import mlp
 
 __all__ = ["BCRNNPolicy", "gmm_log_prob"]
 
@@ -40,6 +41,7 @@ def gmm_log_prob(
     return torch.logsumexp(F.log_softmax(logits, -1) + comp, -1)
 
 
+@register_policy("bc_rnn")
 class BCRNNPolicy(Policy):
     """LSTM + GMM behaviour cloning (robomimic's BC-RNN); stateful at rollout."""
 
@@ -67,7 +69,7 @@ class BCRNNPolicy(Policy):
         self.rnn = nn.LSTM(self.encoder.out_dim, rnn_hidden, rnn_layers, batch_first=True)
         self.num_modes, self.min_std, self.tanh_means = int(num_modes), float(min_std), bool(tanh_means)
         m = shape_meta.action_dim
-        self.head = build_mlp(rnn_hidden, tuple(head_hidden), num_modes * (2 * m + 1))
+        self.head = mlp(rnn_hidden, head_hidden, num_modes * (2 * m + 1))
         self.rnn_horizon = int(rnn_horizon)
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
         self._calls = 0

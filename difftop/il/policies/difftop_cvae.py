@@ -23,7 +23,7 @@ loss instead of crashing training.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import build_encoder, freeze, recent_obs
-from difftop.nn.told import mlp
+from difftop.il.policies.registry import register_policy
+from difftop.nn.mlp import mlp
 from difftop.trajopt import TrajOpt, TrajOptInfo, latent_objective
 
 __all__ = ["DiffTOPPolicy", "INITS", "kl_to_standard_normal"]
@@ -39,11 +40,17 @@ __all__ = ["DiffTOPPolicy", "INITS", "kl_to_standard_normal"]
 INITS = ("base", "zero", "random")
 
 
+def _two(hidden: int | Sequence[int]) -> tuple[int, ...]:
+    """Appendix C's networks have two hidden layers: an int is both widths (TD-MPC's ``mlp_dim``)."""
+    return (int(hidden), int(hidden)) if isinstance(hidden, int) else tuple(hidden)
+
+
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """Per-sample ``KL(N(mu, exp(logvar)) || N(0, I))``, summed over the latent dimensions."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
+@register_policy("difftop")
 class DiffTOPPolicy(Policy):
     """The DiffTOP CVAE policy (see the module docstring).
 
@@ -102,15 +109,16 @@ class DiffTOPPolicy(Policy):
         # Own encoder history: the base may need a longer one (shape_meta's To is the max of both).
         self.enc_horizon = min(To, int(shape_meta.extra.get("enc_obs_horizon", To)))
         self.obs_encoder = build_encoder(shape_meta, obs_encoder, encoder)
-        self.h_o = mlp(self.obs_encoder.out_dim * self.enc_horizon, enc_hidden, latent_dim)
+        self.h_o = mlp(self.obs_encoder.out_dim * self.enc_horizon, _two(enc_hidden), latent_dim, "elu")
         self.h_a = nn.Identity()
-        self.h_l = mlp(latent_dim + H * m, fuse_hidden, 2 * posterior_dim) if posterior_dim > 0 else None
+        self.h_l = (mlp(latent_dim + H * m, _two(fuse_hidden), 2 * posterior_dim, "elu")
+                    if posterior_dim > 0 else None)
         z = posterior_dim + latent_dim
-        self.f = mlp(z + m, mlp_hidden, 1)
+        self.f = mlp(z + m, _two(mlp_hidden), 1, "elu")
         if zero_init_f:
             nn.init.zeros_(self.f[-1].weight)
             nn.init.zeros_(self.f[-1].bias)
-        self.d = mlp(z + m, mlp_hidden, z)
+        self.d = mlp(z + m, _two(mlp_hidden), z, "elu")
         self.trajopt = TrajOpt(solver=solver, backward=backward, max_iters=max_iters, tol=tol, low=-1.0,
                                high=1.0, **dict(trajopt or {}))
         self.base = freeze(base) if base is not None else None

@@ -28,6 +28,8 @@ from torch import nn
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import action_window, build_encoder, recent_obs
+from difftop.il.policies.registry import register_policy
+from difftop.nn.mlp import mlp
 
 __all__ = ["ConditionalUnet1D", "DiffusionPolicy"]
 
@@ -83,12 +85,8 @@ class ConditionalUnet1D(nn.Module):
         dims = [int(d) for d in down_dims]
         if not dims or any(d % n_groups for d in dims):
             raise UserError(f"down_dims {dims} must be non-empty multiples of n_groups={n_groups}")
-        self.step_embed = nn.Sequential(
-            SinusoidalEmbedding(step_embed_dim),
-            nn.Linear(step_embed_dim, 4 * step_embed_dim),
-            nn.Mish(),
-            nn.Linear(4 * step_embed_dim, step_embed_dim),
-        )
+        e = step_embed_dim
+        self.step_embed = nn.Sequential(SinusoidalEmbedding(e), *mlp(e, (4 * e,), e, "mish"))
         c = step_embed_dim + cond_dim
         pairs = list(zip([action_dim, *dims[:-1]], dims))
         self.down = nn.ModuleList()
@@ -140,6 +138,7 @@ class ConditionalUnet1D(nn.Module):
         return self.final(h)[..., :steps].transpose(1, 2)
 
 
+@register_policy("diffusion")
 class DiffusionPolicy(Policy):
     """DDPM-trained, DDIM-sampled action chunks conditioned on encoded observations."""
 

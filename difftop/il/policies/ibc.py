@@ -29,7 +29,8 @@ from difftop.il.policies.bc import (
     freeze,
     recent_obs,
 )
-from difftop.nn.encoders import build_mlp
+from difftop.il.policies.registry import register_policy
+from difftop.nn.mlp import mlp
 
 __all__ = ["IBCPolicy", "dfo_minimize"]
 
@@ -64,6 +65,7 @@ def dfo_minimize(
     return samples[torch.arange(b, device=samples.device), best]
 
 
+@register_policy("ibc")
 class IBCPolicy(Policy):
     """Energy MLP on [observation features, flattened ``Ta`` actions]; acts by :func:`dfo_minimize`."""
 
@@ -96,8 +98,8 @@ class IBCPolicy(Policy):
         self.encoder = build_encoder(shape_meta, obs_encoder, encoder)
         sm = shape_meta
         self.action_size = sm.n_action_steps * sm.action_dim
-        self.energy_net = build_mlp(
-            self.encoder.out_dim * sm.obs_horizon + self.action_size, tuple(hidden), 1, activation, dropout
+        self.energy_net = mlp(
+            self.encoder.out_dim * sm.obs_horizon + self.action_size, hidden, 1, activation, dropout=dropout
         )
         self.n_negatives, self.dfo_samples, self.dfo_iters = (
             int(n_negatives),

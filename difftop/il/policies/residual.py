@@ -24,11 +24,13 @@ from torch import nn
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import action_window, base_actions, build_encoder, freeze, recent_obs
-from difftop.nn.encoders import build_mlp
+from difftop.il.policies.registry import register_policy
+from difftop.nn.mlp import mlp
 
 __all__ = ["ResidualPolicy"]
 
 
+@register_policy("residual")
 class ResidualPolicy(Policy):
     """``a = base(o) + delta(o, base(o))`` in normalised action units; only ``delta`` trains."""
 
@@ -60,9 +62,7 @@ class ResidualPolicy(Policy):
         self.base = freeze(base)
         self.encoder = build_encoder(shape_meta, obs_encoder, encoder)
         ta, m = shape_meta.n_action_steps, shape_meta.action_dim
-        self.delta = build_mlp(
-            self.encoder.out_dim * self.obs_steps + ta * m, tuple(hidden), ta * m, activation
-        )
+        self.delta = mlp(self.encoder.out_dim * self.obs_steps + ta * m, hidden, ta * m, activation)
         last = self.delta[-1]
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
