@@ -1,11 +1,12 @@
-"""results/carry.py: the resume state of unfinished runs survives a machine without runs/."""
+"""tools/carry.py: the resume state of unfinished runs survives a machine without runs/, and each run's
+record goes to the results/ folder of its question."""
 import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "results" / "carry.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "carry.py"
 
 
 @pytest.fixture
@@ -16,6 +17,14 @@ def carry(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "ROOT", tmp_path)
     monkeypatch.setattr(mod, "CARRY", tmp_path / "results" / "carry")
     return mod
+
+# where tools/collect.sh puts the record of runs/<task-level folder>/<agent or policy>/seedN
+COLLECTED = {
+    "cpu/finger-spin": "results/rl/states/runs/finger-spin",
+    "cpu/cartpole-swingup": "results/rl/states/runs/cartpole-swingup",
+    "cpu/reacher-easy": "results/rl/states/runs/reacher-easy",
+    "il/pusht/state-cpu": "results/il/pusht-states/runs/pusht/state-cpu",
+}
 
 
 def make_run(root: Path, rel: str, last: int, collected: bool = False, final20: bool = False) -> Path:
@@ -29,9 +38,8 @@ def make_run(root: Path, rel: str, last: int, collected: bool = False, final20: 
     (run / "videos").mkdir()
     (run / "videos" / "eval.mp4").write_bytes(b"video")
     if collected:
-        parts = Path(rel).parts
-        res = (root / "results" / "il" / "runs" / Path(*parts[1:]) if parts[0] == "il"
-               else root / "results" / "rl" / rel)
+        task_dir, agent, seed = rel.rsplit("/", 2)
+        res = root / COLLECTED[task_dir] / agent / seed
         res.mkdir(parents=True)
         shutil.copy(run / "eval.csv", res / "eval.csv")
         if final20:
@@ -75,7 +83,7 @@ def test_save_keeps_what_must_resume_and_restore_brings_it_back(carry, tmp_path)
 
 
 def test_restore_drops_a_tarball_whose_run_finished_after_it_was_packed(carry, tmp_path):
-    """A session that finished a run but ended before `save` leaves its old tarball behind: a fresh
+    """A machine that finished a run but went away before `save` leaves its old tarball behind: a fresh
     machine must not resume the run from that older checkpoint and train it a second time."""
     il = "il/pusht/state-cpu"
     make_run(tmp_path, "cpu/reacher-easy/difftop/seed2", 60_000)
@@ -84,7 +92,7 @@ def test_restore_drops_a_tarball_whose_run_finished_after_it_was_packed(carry, t
     carry.save()
     assert len(list(carry.CARRY.glob("*.tar"))) == 3
     shutil.rmtree(tmp_path / "runs")
-    # later the two runs finished and were collected, but the session ended before `save`
+    # later the two runs finished and were collected, but the machine went away before `save`
     for rel, last in (("cpu/reacher-easy/difftop/seed2", 100_000),
                       (f"{il}/difftop_nocvae_diffusion/seed1", 20_000)):
         make_run(tmp_path, rel, last, collected=True, final20=True)
@@ -162,7 +170,7 @@ def test_keep_saves_periodically(carry, tmp_path, monkeypatch):
 
 
 def test_a_second_keeper_waits_and_takes_over_when_the_first_ends(carry, tmp_path, monkeypatch):
-    """Each lane of results/continue.sh starts a keeper: one saves, the other waits for its lock."""
+    """Each lane of tools/continue.sh starts a keeper: one saves, the other waits for its lock."""
     import fcntl
     import threading
     (tmp_path / "runs" / "locks").mkdir(parents=True)
@@ -190,7 +198,7 @@ def test_a_second_keeper_waits_and_takes_over_when_the_first_ends(carry, tmp_pat
 
 
 def test_save_waits_for_a_save_or_restore_in_progress(carry, tmp_path):
-    """The keeper's periodic save may meet a session's final save or a lane's restore: one at a time."""
+    """The keeper's periodic save may meet a final manual save or a lane's restore: one at a time."""
     import fcntl
     import threading
     make_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
@@ -202,3 +210,90 @@ def test_save_waits_for_a_save_or_restore_in_progress(carry, tmp_path):
         assert t.is_alive() and not carry.CARRY.exists()
     t.join(5)
     assert not t.is_alive() and (carry.CARRY / "cpu__finger-spin__difftop__seed1.tar").is_file()
+
+
+@pytest.mark.parametrize("run, dest", [
+    ("runs/cpu/cartpole-swingup/tdmpc/seed1", "results/rl/states/runs/cartpole-swingup/tdmpc/seed1"),
+    ("runs/cpu-pg/cartpole-swingup/difftop_batched/seed1",
+     "results/rl/pg-mode/runs/cartpole-swingup/difftop_batched/seed1"),
+    ("runs/cpu-qs1/reacher-easy/difftop/seed2", "results/rl/qs-horizon/runs/reacher-easy/difftop/seed2"),
+    ("runs/cpu-memory/reacher-easy/difftop/seed1",
+     "results/rl/pg-gradient/runs-memory/reacher-easy/difftop/seed1"),
+    ("runs/cpu-new/finger-spin/difftop/seed1", "results/rl/unsorted/cpu-new/finger-spin/difftop/seed1"),
+    ("runs/il/pusht/state-cpu/bc/seed0", "results/il/pusht-states/runs/pusht/state-cpu/bc/seed0"),
+    ("runs/il/pusht/state/difftop_bc/seed2", "results/il/pusht-states/runs/pusht/state/difftop_bc/seed2"),
+    ("runs/il/pusht/state-cpu-ta1/residual_diffusion/seed0",
+     "results/il/chunking/runs/pusht/state-cpu-ta1/residual_diffusion/seed0"),
+    ("runs/il/pusht/beta0.01/difftop_bc/seed0", "results/il/refinement/runs/pusht/beta0.01/difftop_bc/seed0"),
+])
+def test_a_run_is_collected_into_the_folder_of_its_question(carry, tmp_path, run, dest):
+    assert carry.collected(tmp_path / run) == tmp_path / dest
+
+
+def test_the_committed_records_are_where_collect_puts_them():
+    """Every committed run record sits where `tools/carry.py dest` sends its run: finished runs are then
+    never retrained on a fresh machine."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("carry_real", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = SCRIPT.parent.parent
+    for q in mod.RL_DEST.values():
+        assert (root / "results" / q).is_dir(), q
+    for q in set(mod.IL_DEST.values()):
+        assert (root / "results" / q / "runs").is_dir(), q
+    run = root / "runs" / "cpu" / "finger-spin" / "difftop_noback" / "seed3"
+    assert mod.finished(run)
+    assert mod.finished(root / "runs" / "il" / "pusht" / "state-cpu" / "ibc_diffusion" / "seed2")
+
+
+def make_dir_run(root: Path, rel: str, last: int) -> Path:
+    """A run whose checkpoint is a directory (model.json, model.safetensors, state.pt, buffer.npz and the
+    commit.json that lists them), as the run engine commits it."""
+    import json
+    run = root / "runs" / rel
+    ckpt = run / "checkpoint"
+    ckpt.mkdir(parents=True)
+    files = {"model.json": b"{}", "model.safetensors": b"weights" + rel.encode(), "state.pt": b"state",
+             "buffer.npz": b"buffer"}
+    for name, data in files.items():
+        (ckpt / name).write_bytes(data)
+    (ckpt / "commit.json").write_text(json.dumps({"files": sorted(files)}))
+    (run / "eval.csv").write_text(f"step,return\n{last // 2},1.0\n{last},2.0\n")
+    (run / "config.yaml").write_text("agent: difftop\n")
+    (run / "videos").mkdir()
+    (run / "videos" / "eval.mp4").write_bytes(b"video")
+    return run
+
+
+def test_a_checkpoint_directory_is_carried_whole(carry, tmp_path):
+    run = make_dir_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
+    carry.save()
+    tar = carry.CARRY / "cpu__finger-spin__difftop__seed1.tar"
+    assert tar.is_file()
+    shutil.rmtree(tmp_path / "runs")                                        # a fresh machine
+    carry.restore()
+    assert (run / "checkpoint" / "model.safetensors").read_bytes() == b"weightscpu/finger-spin/difftop/seed1"
+    assert (run / "checkpoint" / "buffer.npz").is_file() and (run / "config.yaml").is_file()
+    assert not (run / "videos").exists()
+    (run / "checkpoint" / "state.pt").write_bytes(b"newer")                 # resumed here meanwhile
+    carry.restore()
+    assert (run / "checkpoint" / "state.pt").read_bytes() == b"newer"
+
+
+def test_a_checkpoint_directory_mid_swap_is_packed_once_the_swap_is_done(carry, tmp_path, monkeypatch):
+    run = make_dir_run(tmp_path, "cpu/finger-spin/difftop/seed1", 60_000)
+    new = run / ".checkpoint.new"
+    new.mkdir()                                                             # the engine is writing the next
+    sleeps = []
+
+    def sleep(s):  # the swap lands during the wait
+        sleeps.append(s)
+        shutil.rmtree(new)
+        (run / "checkpoint" / "state.pt").write_bytes(b"next state")
+    monkeypatch.setattr(carry.time, "sleep", sleep)
+    carry.save()
+    assert sleeps == [1]
+    shutil.rmtree(tmp_path / "runs")
+    carry.restore()
+    assert (run / "checkpoint" / "state.pt").read_bytes() == b"next state"

@@ -133,6 +133,10 @@ class Loop(ABC):
     def summary(self) -> dict:
         return {}
 
+    def done_message(self, summary: dict) -> str:
+        """The line printed when the run ends (the summary holds ``out_dir`` and ``wall_time`` too)."""
+        return f"done: {summary['wall_time']:.0f} s; results in {summary['out_dir']}"
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release environments and renderers."""
 
@@ -266,4 +270,6 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
         print(f"stopped ({stopped}): checkpoint saved in {out} at {loop.progress()} of {cfg.steps}; "
               f"continue with resume=true")
         raise KeyboardInterrupt
-    return {"out_dir": str(out), "wall_time": ctx.wall(), **loop.summary()}
+    summary = {"out_dir": str(out), "wall_time": ctx.wall(), **loop.summary()}
+    print(loop.done_message(summary))
+    return summary

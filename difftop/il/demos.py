@@ -129,8 +129,9 @@ def crash_hook() -> Callable[[str], None]:
 
 def _is_run_folder(path: Path) -> str | None:
     """What marks ``path`` as a difftop run folder, or None."""
-    if (path / "checkpoint.pt").exists():
-        return "checkpoint.pt"
+    for marker in ("checkpoint", "checkpoint.pt"):
+        if (path / marker).exists():
+            return marker
     if (path / "config.yaml").is_file() and (path / "train.csv").is_file():
         return "config.yaml and train.csv"
     return None

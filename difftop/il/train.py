@@ -353,6 +353,13 @@ class ILLoop(Loop):
     def summary(self) -> dict:
         return {"step": self.step_, "skipped": self.skipped, "last_eval": self.last_eval}
 
+    def done_message(self, s: dict) -> str:
+        c = self.cfg
+        ev = "".join(f", {k.replace('mean_', 'mean ').replace('_', ' ')} {v:.3g}"
+                     for k, v in (s["last_eval"] or {}).items())
+        return (f"done: {c.policy} on {c.task} ({c.obs}), {s['step']} steps ({s['skipped']} skipped){ev}, "
+                f"{s['wall_time']:.0f} s; results in {s['out_dir']}")
+
     # ---- units
     def step(self, ctx: Context) -> bool:
         if self.eval_owed:
@@ -432,21 +439,7 @@ def _summary(state: dict) -> dict:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one imitation-learning run; returns a summary dict."""
-    cfg = resolve_config(cfg)
-    fresh: list[bool] = []
-
-    def build(c: DictConfig, state: dict | None) -> ILLoop:
-        fresh.append(True)
-        return ILLoop(c, state)
-
-    summary = engine.run(cfg, SPEC, build, _finished, _summary)
-    if fresh:
-        last = summary.get("last_eval") or {}
-        ev = "".join(f", {k.replace('mean_', 'mean ').replace('_', ' ')} {v:.3g}" for k, v in last.items())
-        print(f"done: {cfg.policy} on {cfg.task} ({cfg.obs}), {summary['step']} steps "
-              f"({summary['skipped']} skipped){ev}, {summary['wall_time']:.0f} s; "
-              f"results in {summary['out_dir']}")
-    return summary
+    return engine.run(resolve_config(cfg), SPEC, ILLoop, _finished, _summary)
 
 
 def main(cfg: DictConfig) -> int:

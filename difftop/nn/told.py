@@ -113,7 +113,7 @@ class PixelEncoder(nn.Sequential):
     forward + backward in one call, 0.67 s and 2.37 s in slices of 128; over 16-512, slices of 64 were
     fastest for forward + backward), in channels-last layout, where oneDNN's convolutions are faster
     (256 frames, one thread: no grad 142 -> 69 ms, forward + backward 350 -> 213 ms;
-    results/rl/conv_layout_timing.py). A batch already channels-last, as
+    difftop/diagnostics/conv_layout_timing.py). A batch already channels-last, as
     :class:`difftop.rl.augment.RandomShift` makes it on CPU, is not copied. On GPU the batch goes
     whole, in the layout it comes in.
     """

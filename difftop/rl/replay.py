@@ -13,7 +13,7 @@ Storage device: frames, actions and rewards live as torch tensors on ``device`` 
 buffer on the GPU too). On a GPU this is what makes pixel training fast: a pixel minibatch is
 (H+1) x B x 9 x 84 x 84 values (98 M for B=256, H=5); gathered and cast on the host (150-180 ms
 per update on one core of our CPU) it left four H200 runs stuck in their first 5,000 updates for
-7 min (results/rl/gpu/README.md). On the GPU it is one indexing kernel. Priorities stay in numpy
+7 min (results/rl/pixels/README.md). On the GPU it is one indexing kernel. Priorities stay in numpy
 (small, and ``rng.choice`` draws from them).
 
 Sampling follows TD-MPC: start indices drawn without replacement with probability

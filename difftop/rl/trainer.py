@@ -233,6 +233,11 @@ class RLLoop(Loop):
     def summary(self) -> dict:
         return {"env_step": self.progress(), "episodes": self.episode, "last_eval": self.last_eval}
 
+    def done_message(self, s: dict) -> str:
+        c, ev = self.cfg, "none" if s["last_eval"] is None else f"{s['last_eval']:.1f}"
+        return (f"done: {c.agent} on {c.task} ({c.obs}), {s['env_step']} env steps, last eval return {ev}, "
+                f"{s['wall_time']:.0f} s; results in {s['out_dir']}")
+
     def close(self) -> None:
         for env in [self.env, *self.eval_envs]:
             env.close()
@@ -339,12 +344,7 @@ def _summary(state: dict) -> dict:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary dict."""
     cfg = resolve_config(cfg)
-    summary = engine.run(cfg, SPEC, lambda c, state: RLLoop(c), _finished, _summary)
-    if "episodes" in summary and summary.get("last_eval") is not None and "wall_time" in summary:
-        print(f"done: {cfg.agent} on {cfg.task} ({cfg.obs}), {summary['env_step']} env steps, "
-              f"last eval return {summary['last_eval']:.1f}, {summary['wall_time']:.0f} s; "
-              f"results in {summary['out_dir']}")
-    return summary
+    return engine.run(cfg, SPEC, lambda c, state: RLLoop(c), _finished, _summary)
 
 
 def main(cfg: DictConfig) -> int:
