@@ -81,11 +81,18 @@ class Context:
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
-                self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+                self._postfix = {k: v for k, v in postfix.items() if v is not None}
+                self.bar.set_postfix(self._postfix, refresh=False)
 
     def note(self, text: str) -> None:
+        """Say what the run is doing now (evaluating, checkpointing) until :meth:`done_note`."""
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=True)
+
+    def done_note(self) -> None:
+        """Back to the latest figures after a :meth:`note`."""
+        if self.bar is not None:
+            self.bar.set_postfix(getattr(self, "_postfix", {}), refresh=False)
 
     crash_point = staticmethod(crash_point)
 
@@ -244,6 +251,7 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
             raise UserError(f"cannot write a checkpoint in {out} ({e.strerror or e}); the last checkpoint is "
                             f"kept: free space, then continue with resume=true") from None
         last = time.time()
+        ctx.done_note()
 
     stopped = None
     try:
