@@ -378,6 +378,7 @@ class ILLoop(Loop):
         row = eval_row(self.task, res)
         self.last_eval = {k: v for k, v in row.items() if k == "success_rate" or k.startswith("mean_")}
         ctx.log("eval", {"step": self.step_, "wall_time": ctx.wall(), **row})
+        ctx.done_note()
 
     def _train_step(self, ctx: Context) -> bool:
         cfg, policy = self.cfg, self.policy
@@ -422,6 +423,7 @@ class ILLoop(Loop):
             ctx.note("validating")
             evaluator = self.ema if self.ema is not None else policy
             ctx.log("val", {"step": step, "wall_time": ctx.wall(), **_validate(evaluator, self.val_ds, cfg)})
+            ctx.done_note()
         self.eval_owed = bool(cfg.eval_episodes) and (step == cfg.steps
                                                       or bool(cfg.eval_every) and step % cfg.eval_every == 0)
         return self.eval_owed or step == cfg.steps or step % self.ckpt_every == 0

@@ -263,6 +263,7 @@ class RLLoop(Loop):
                          "episode_reward": self.last_eval, "episode_reward_std": float(np.std(rets)),
                          "episodes": len(rets)})
         self.next_eval = (env_step // cfg.eval_every + 1) * cfg.eval_every
+        ctx.advance(0, eval=f"{self.last_eval:.0f}")
         return self._ckpt_due(env_step)
 
     def _ckpt_due(self, env_step: int) -> bool:
