@@ -118,3 +118,14 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(cmd,
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "No space left" in err, err
     assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
     assert not list(out.glob(".checkpoint.*"))
+
+
+@pytest.mark.parametrize("cmd,args,words", [
+    ("rl", ["agent=difftop", "trajopt.solver=foo"], "trajopt.solver must be one of lbfgs, pgd, newton, lm"),
+    ("rl", ["agent=difftop", "+trajopt.bogus=1"], "trajopt.bogus is not a trajopt setting"),
+    ("il", ["policy=difftop", "policies.difftop.solver=foo"], "policies.difftop.solver must be one of"),
+    ("il", ["policy=difftop", "policies.difftop.max_iters=-1"], "policies.difftop.max_iters must be"),
+])
+def test_rl_and_il_check_trajopt_settings_the_same_way(cmd, args, words, runs, tmp_path, capsys, monkeypatch):
+    """One TrajOptConfig validates RL's `trajopt` section and IL's `policies.difftop` settings, up front."""
+    test_bad_input_is_one_line_and_touches_nothing(cmd, args, words, runs, tmp_path, capsys, monkeypatch)

@@ -67,6 +67,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         if init == "base" and not cfg.base:
             raise UserError("init=base needs base=<checkpoint of a trained bc / bc_rnn / diffusion run>")
         params["init"] = init
+        from difftop.il.policies.difftop_cvae import trajopt_config
+
+        trajopt_config(*(params.get(k) for k in ("solver", "backward", "max_iters", "tol", "trajopt")))
     elif cfg.init is not None:
         raise UserError(f"init= is a difftop option; policy {cfg.policy!r} does not take it")
     cfg.policy_params = params

@@ -43,7 +43,7 @@ from difftop.nn.ema import ema_update_
 from difftop.rl.replay import Batch
 from difftop.rl.schedules import linear_schedule
 from difftop.rl.tdmpc import Actor, Agent, Prepared, TDMPCAgent, WorldModel, clipped_step
-from difftop.trajopt import TrajOpt, latent_objective, smooth_min
+from difftop.trajopt import TrajOptConfig, latent_objective, smooth_min
 
 __all__ = ["DiffTOPAgent", "INITS", "PG_MODES", "TrajOptActor", "make_agent", "resolve_qs_horizon"]
 
@@ -86,8 +86,7 @@ class TrajOptActor(Actor):
                           for p in part.parameters()]
         self.pg_optim = torch.optim.Adam(self.pg_params, lr=cfg.pg_lr or cfg.lr)
         t = cfg.trajopt
-        self.trajopt = TrajOpt(solver=t.solver, backward=t.backward, max_iters=t.max_iters, tol=t.tol,
-                               implicit_unconverged=t.get("implicit_unconverged", "memory"))
+        self.trajopt = TrajOptConfig.from_mapping(t, where="trajopt", ignore=("q_tau",)).build()
         self.q_tau = float(t.q_tau)
         self._pg_acc: list[torch.Tensor] | None = None
         self._pg_count = 0

@@ -89,9 +89,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
                             f"got {cfg[key]!r}") from None
     if cfg.init not in ("pi", "zero"):
         raise UserError(f"init must be pi or zero, got {cfg.init!r}")
-    mode = cfg.trajopt.get("implicit_unconverged", "memory")
-    if mode not in ("memory", "exact"):
-        raise UserError(f"trajopt.implicit_unconverged must be exact or memory, got {mode!r}")
+    from difftop.trajopt import TrajOptConfig
+
+    TrajOptConfig.from_mapping(cfg.trajopt, where="trajopt", ignore=("q_tau",))  # before anything slow
     cfg.device = resolve_device(cfg.device)
     bdev = cfg.get("buffer_device", "auto")
     cfg.buffer_device = cfg.device if bdev in (None, "auto") else resolve_device(bdev, "buffer_device")

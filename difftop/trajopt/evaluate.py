@@ -29,6 +29,13 @@ class Problem:
         # instead of evaluating the objective once more (see run_solver).
         self.record = False
         self.recorded: tuple[Tensor, Tensor, Tensor] | None = None
+        # Set when an evaluation found no autograd path from the actions to J (a detached output, or
+        # one computed outside torch): J then does not depend on the actions as far as the solvers can
+        # tell, and run_solver flags the batch NO_ACTION_GRADIENT instead of reporting "converged".
+        self.no_action_grad = False
+        # (B,) unit of J per sample (see solvers.base.objective_scale): 1 for well-scaled problems;
+        # set by run_solver after the first evaluation, read by every scale-dependent threshold.
+        self.scale: Tensor | None = None
 
     def _call(self, x: Tensor) -> Tensor:
         J = self.objective(x.reshape(self.shape))
@@ -61,10 +68,12 @@ class Problem:
             xl = self._leaf(x, create_graph)
             J = self._call(xl)
             if not J.requires_grad:  # objective constant in the actions
+                self.no_action_grad = True
                 g = torch.zeros_like(xl)
             else:
                 (g,) = torch.autograd.grad(J.sum(), xl, create_graph=create_graph, allow_unused=True)
                 if g is None:
+                    self.no_action_grad = True
                     g = torch.zeros_like(xl)
         if not create_graph:
             J, g = J.detach(), g.detach()
@@ -76,9 +85,11 @@ class Problem:
             xl = self._leaf(x, create_graph)
             J = self._call(xl)
             if not J.requires_grad:
+                self.no_action_grad = True
                 z = torch.zeros_like(xl)
                 return J.detach(), z, z.new_zeros(self.batch, self.n, self.n)
             (g,) = torch.autograd.grad(J.sum(), xl, create_graph=True, allow_unused=True)
+            self.no_action_grad |= g is None
             if g is None or not g.requires_grad:  # linear (or constant) in the actions
                 g = torch.zeros_like(xl) if g is None else g
                 H = xl.new_zeros(self.batch, self.n, self.n)
@@ -108,8 +119,10 @@ class Problem:
             xl = x.detach().requires_grad_(True)
             J = self._call(xl)
             if not J.requires_grad:
+                self.no_action_grad = True
                 return J, torch.zeros_like(xl), xl
             (g,) = torch.autograd.grad(J.sum(), xl, create_graph=True, allow_unused=True)
             if g is None:
+                self.no_action_grad = True
                 g = torch.zeros_like(xl)
         return J, g, xl

@@ -46,11 +46,14 @@ class _ImplicitGrad(torch.autograd.Function):
         return None, ctx.solve(v), None
 
 
-def memory_solver(memory: dict | None, fixed: Tensor, fallback: float) -> Solve:
+def memory_solver(memory: dict | None, fixed: Tensor, fallback: float | Tensor) -> Solve:
     """w = M v_F with M the solver's quasi-Newton inverse Hessian on the free variables.
 
     Without a memory (pgd, or no positive-curvature pair yet) M = I / fallback: the gradient of
-    one gradient step (Jacobian-free backpropagation)."""
+    one gradient step (Jacobian-free backpropagation). fallback: a number, or (B,) per sample (the
+    layer's fallback in each sample's unit of J, see solvers.base.objective_scale)."""
+    if isinstance(fallback, Tensor):
+        fallback = fallback.unsqueeze(-1)
 
     def solve(v: Tensor) -> Tensor:
         f = (~fixed).to(v.dtype)
@@ -63,14 +66,17 @@ def memory_solver(memory: dict | None, fixed: Tensor, fallback: float) -> Solve:
 
 
 def dense_solver(H: Tensor, fixed: Tensor, floor: float, fallback: float, status: Tensor,
-                 exact: Tensor, approx: Solve) -> Solve:
-    """Eigendecomposition of -H_FF once in forward; returns the backward solve (approx where ~exact)."""
-    A = restrict(H.detach(), fixed)
+                 exact: Tensor, approx: Solve, unit: Tensor | None = None) -> Solve:
+    """Eigendecomposition of -H_FF once in forward; returns the backward solve (approx where ~exact).
+    unit: (B,) J's unit per sample (objective_scale; None: 1): the absolute eigenvalue floor and the
+    fallback curvature are in units of J."""
+    A = restrict(H.detach(), fixed, unit)
     evals, V = torch.linalg.eigh(A)
     scale = evals.abs().amax(-1, keepdim=True)
-    lo = (floor * scale).clamp(min=torch.finfo(A.dtype).eps)
+    u = torch.ones_like(scale) if unit is None else unit.view(-1, 1).to(scale.dtype)
+    lo = torch.maximum(floor * scale, torch.finfo(A.dtype).eps * u)
     ok = evals >= lo
-    mu = torch.where(ok, evals, torch.maximum(evals.abs(), torch.maximum(lo, torch.full_like(lo, fallback))))
+    mu = torch.where(ok, evals, torch.maximum(evals.abs(), torch.maximum(lo, fallback * u)))
     damped = ~ok.all(-1) & exact
     status |= torch.where(damped, IMPLICIT_DAMPED, 0)
     free = (~fixed).to(H.dtype)
@@ -85,13 +91,15 @@ def dense_solver(H: Tensor, fixed: Tensor, floor: float, fallback: float, status
 
 
 def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, tol: float, max_iters: int,
-              fallback: float, status: Tensor, exact: Tensor, approx: Solve) -> Solve:
+              fallback: float, status: Tensor, exact: Tensor, approx: Solve, unit: Tensor | None = None
+              ) -> Solve:
     """Preconditioned conjugate gradients on Hessian-vector products, run lazily in backward.
 
     Only the `exact` samples iterate (the others take `approx`). The L-BFGS pairs of the forward
     solve (when there are some) precondition the system, so a few products usually suffice;
     flags for damped samples are written into `status` (the info returned by the forward) when
-    backward runs.
+    backward runs. unit: (B,) J's unit per sample (None: 1): the curvature test and the shift are
+    relative to it.
     """
     free = (~fixed).to(g.dtype)
 
@@ -111,6 +119,7 @@ def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, 
             b = (v * free * exact.unsqueeze(-1)).detach()
             B = b.shape[0]
             lam = torch.zeros(B, dtype=b.dtype, device=b.device)
+            u = torch.ones_like(lam) if unit is None else unit.to(lam.dtype)
             bnorm = b.norm(dim=-1)
 
             def A(p: Tensor) -> Tensor:
@@ -131,11 +140,11 @@ def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, 
                 Ap = A(p)
                 pAp = (p * Ap).sum(-1)
                 pp = (p * p).sum(-1).clamp(min=1e-300)
-                bad = ~done & ~(pAp > 1e-12 * pp * (1.0 + lam))
+                bad = ~done & ~(pAp > 1e-12 * pp * (u + lam))
                 if bool(bad.any()):
                     # Non-positive curvature: shift this sample and restart its CG.
                     damped |= bad
-                    lam = torch.where(bad, torch.maximum(torch.full_like(lam, fallback),
+                    lam = torch.where(bad, torch.maximum(fallback * u,
                                                          2.0 * (pAp / pp).abs() + 2.0 * lam), lam)
                     keep = (~bad).unsqueeze(-1)
                     w = torch.where(keep, w, torch.zeros_like(w))

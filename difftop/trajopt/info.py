@@ -21,6 +21,10 @@ NOT_CONVERGED = 16  # reached max_iters without meeting the tolerance
 BACKWARD_FALLBACK = 32  # backward could not use the requested mode for this sample
 IMPLICIT_INEXACT = 64  # implicit backward at a non-converged point: the solver's quasi-Newton estimate of
 #                        the inverse Hessian replaced the exact solve (TrajOpt(implicit_unconverged=...))
+INIT_REPLACED = 128  # the initial actions contained NaN/inf: the solve started from the box centre instead
+NO_ACTION_GRADIENT = 256  # the objective does not depend on the actions (its output does not require grad,
+#                           or autograd found no path to the actions: detached, or computed in numpy):
+#                           nothing to optimise, the initial actions are returned, not converged
 
 FLAG_NAMES = {
     NONFINITE_INIT: "nonfinite_init",
@@ -30,6 +34,8 @@ FLAG_NAMES = {
     NOT_CONVERGED: "not_converged",
     BACKWARD_FALLBACK: "backward_fallback",
     IMPLICIT_INEXACT: "implicit_inexact",
+    INIT_REPLACED: "init_replaced",
+    NO_ACTION_GRADIENT: "no_action_gradient",
 }
 
 
@@ -45,15 +51,25 @@ class TrajOptInfo:
     solver: str = ""
     backward: str = ""
 
+    @classmethod
+    def empty(cls, device=None, dtype: torch.dtype = torch.float32, solver: str = "", backward: str = ""
+              ) -> TrajOptInfo:
+        """The info of an empty batch (B = 0): every field a (0,) tensor."""
+        z = torch.zeros(0, dtype=torch.long, device=device)
+        f = torch.zeros(0, dtype=dtype, device=device)
+        return cls(iterations=z, converged=z.bool(), objective=f, grad_norm=f.clone(), status=z.clone(),
+                   solver=solver, backward=backward)
+
     def flagged(self, flag: int) -> torch.Tensor:
         """(B,) bool: samples for which `flag` was raised."""
         return (self.status & flag) != 0
 
     @property
     def failed(self) -> torch.Tensor:
-        """(B,) bool: samples whose objective could not be evaluated (left at init, or stopped short
-        of convergence by a NaN/inf)."""
-        return self.flagged(NONFINITE_INIT) | (self.flagged(NONFINITE_STEP) & ~self.converged)
+        """(B,) bool: samples whose objective could not be evaluated or optimised (left at init, stopped
+        short of convergence by a NaN/inf, or an objective that does not depend on the actions)."""
+        lost = self.flagged(NONFINITE_INIT | NO_ACTION_GRADIENT)
+        return lost | (self.flagged(NONFINITE_STEP) & ~self.converged)
 
     def describe(self, i: int) -> list[str]:
         """Names of the flags raised for sample i."""

@@ -14,11 +14,17 @@ from torch import Tensor, nn
 from .box import Box
 from .evaluate import Problem
 from .implicit import cg_solver, dense_solver, implicit_output, memory_solver
-from .info import IMPLICIT_INEXACT, NONFINITE_INIT, TrajOptInfo
+from .info import IMPLICIT_INEXACT, INIT_REPLACED, NONFINITE_INIT, TrajOptInfo
 from .solvers import Solver, make_solver, run_solver
 
 BACKWARD_MODES = ("implicit", "unroll", "truncated", "none")
 UNCONVERGED_MODES = ("memory", "exact")
+#: action dtypes solved in float32 internally (TrajOpt._low_precision)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: solver options the theseus backend takes (difftop.trajopt.theseus_backend.solve_theseus); max_iters,
+#: backward_iters and tol are TrajOpt's own arguments and reach it too
+THESEUS_OPTIONS = ("step_size", "damping", "residual_offset", "clamp_in_cost", "abs_err_tolerance",
+                   "rel_err_tolerance")
 
 
 class TrajOpt(nn.Module):
@@ -43,11 +49,22 @@ class TrajOpt(nn.Module):
       cosine 0.06 to the converged ones, "exact" 0.59, and "exact" with enough iterations to
       converge 0.90. Prefer "exact" (and a max_iters that lets solves converge) when solves are
       often cut short; "memory" suits mostly-converged solves and fixed small budgets.
-    tol: a sample has converged when its projected gradient's inf-norm <= tol * max(1, |J|).
+    tol: a sample has converged when its projected gradient's inf-norm <= tol * max(u, |J|), u the
+      sample's unit of J: 1 when its initial scale max(|J|, |proj grad|_inf) is within [1e-5, 1e5]
+      (every well-scaled problem: the absolute rule, iteration for iteration), else that initial scale,
+      so that c * J solves to the argmax of J for any c (solvers.base.objective_scale).
     ftol: a sample also stops, not converged, once an accepted step raised J by at most
-      ftol * max(1, |J|) (the objective no longer improves meaningfully); 0 (default) disables it.
+      ftol * max(u, |J|) (the objective no longer improves meaningfully); 0 (default) disables it.
     solver_options: of the solver, e.g. lbfgs: memory (8), sign_iters (4: the first iterations are
-      per-coordinate sign steps, see solvers.first_order.LBFGS), sign_step (0.125 of the box width).
+      per-coordinate sign steps, see solvers.first_order.LBFGS), sign_step (0.125 of the box width);
+      theseus: step_size, damping, residual_offset, clamp_in_cost, abs_err_tolerance, rel_err_tolerance
+      (its max_iters and backward_iters are this layer's).
+
+    Degenerate inputs have a defined outcome: float16/bfloat16 actions are solved in float32 (see
+    _low_precision); an empty batch (B = 0) returns empty actions and an empty info without calling the
+    objective; bounds that do not broadcast to (B, H, m) are a ValueError naming both shapes; samples
+    whose init holds NaN/inf start from the box centre (INIT_REPLACED); an objective with no autograd
+    path to the actions returns the init, not converged (NO_ACTION_GRADIENT).
     """
 
     def __init__(self, solver: str = "lbfgs", backward: str = "implicit", max_iters: int = 50,
@@ -87,6 +104,10 @@ class TrajOpt(nn.Module):
         if solver == "theseus":
             from . import theseus_backend
 
+            unknown = sorted(set(solver_options) - set(THESEUS_OPTIONS))
+            if unknown:
+                raise ValueError(f"trajopt: solver 'theseus' has no option {unknown[0]!r}; its options are "
+                                 f"{', '.join(THESEUS_OPTIONS)} (and max_iters, backward_iters, tol)")
             theseus_backend._import_theseus()  # fail now, with the install instructions
             self.solver: Solver | None = None
         else:
@@ -115,23 +136,43 @@ class TrajOpt(nn.Module):
             # "converged". Refuse rather than return a silently wrong answer.
             raise RuntimeError("trajopt: the solvers need autograd for gradients with respect to the "
                                "actions, which torch.inference_mode() disables; use torch.no_grad()")
+        if init.dtype in LOW_PRECISION:
+            return self._low_precision(objective, init, low, high)
+        return self._solve(objective, init, low, high, self.tol)
+
+    def _solve(self, objective: Callable[[Tensor], Tensor], init: Tensor, low, high, tol: float
+               ) -> tuple[Tensor, TrajOptInfo]:
+        shape = init.shape
+        B = shape[0]
+        box = Box(low, high, shape, init.dtype, init.device)  # checks the bounds, also for B = 0
+        grad_on = torch.is_grad_enabled() and self.backward != "none"
+        mode = self.backward if grad_on else "none"
+        if B == 0:  # an empty batch (say, no live environment): nothing to solve, nothing to call
+            return init.detach().clone(), TrajOptInfo.empty(init.device, init.dtype, self.solver_name, mode)
+        x0 = init.reshape(B, -1)
+        replaced = None
+        if not bool(torch.isfinite(x0.detach()).all()):
+            # A NaN/inf warm start (a diverged policy's rollout) would be returned as NaN actions: such
+            # samples start from the box centre instead and are flagged INIT_REPLACED.
+            replaced = ~torch.isfinite(x0.detach()).all(-1)
+            x0 = torch.where(replaced.unsqueeze(-1), box.centre(), x0)
         if self.solver is None:  # theseus backend: layers cached per batch shape inside
             from .theseus_backend import solve_theseus
 
             mode = self.backward if torch.is_grad_enabled() else "none"
-            return solve_theseus(objective, init, low=low, high=high, max_iters=self.max_iters,
-                                 backward=mode, backward_iters=self.backward_iters, tol=self.tol,
-                                 **self.solver_options)
-        shape = init.shape
-        B = shape[0]
-        box = Box(low, high, shape, init.dtype, init.device)
+            x, info = solve_theseus(objective, x0.reshape(shape), low=low, high=high,
+                                    max_iters=self.max_iters, backward=mode,
+                                    backward_iters=self.backward_iters, tol=tol,
+                                    **self.solver_options)
+            if replaced is not None:
+                info.status |= torch.where(replaced, INIT_REPLACED, 0).to(info.status.device)
+            return x, info
         prob = Problem(objective, shape)
-        x0 = init.reshape(B, -1)
-        grad_on = torch.is_grad_enabled() and self.backward != "none"
-        mode = self.backward if grad_on else "none"
-        res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=self.tol,
+        res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=tol,
                          graph_iters=self.backward_iters if mode == "truncated" else 0,
                          unroll=mode == "unroll", record_last=mode == "implicit", ftol=self.ftol)
+        if replaced is not None:
+            res.status |= torch.where(replaced, INIT_REPLACED, 0)
         x = res.x
         if mode == "implicit":
             x = self._implicit(prob, box, res)
@@ -141,6 +182,29 @@ class TrajOpt(nn.Module):
                            grad_norm=res.grad_norm.detach(), status=res.status, solver=self.solver_name,
                            backward=mode)
         return x.reshape(shape), info
+
+    def _low_precision(self, objective: Callable[[Tensor], Tensor], init: Tensor, low, high
+                       ) -> tuple[Tensor, TrajOptInfo]:
+        """float16/bfloat16 actions: solved in float32, the objective still evaluated in the caller's dtype.
+
+        Why solve rather than refuse: a half-precision model (bf16 weights, autocast) is a normal way to
+        run a policy, and its user wants actions, not an error. Why float32 inside: the solvers' linear
+        algebra (triangular solves, eigh, Cholesky) does not exist for half types on every device, and
+        their thresholds (1e-10 curvature tests, 1e-30 floors) underflow there. The objective sees actions
+        in its own dtype and its value is promoted to float32; the returned actions are cast back, and
+        the cast is differentiable, so gradients reach everything the objective closes over as usual.
+        The tolerance is raised to 16 eps of that dtype (about 1.6e-2 for float16, 1.3e-1 for bfloat16):
+        a gradient computed in half precision resolves nothing finer, and asking for more only turns
+        every solve into NOT_CONVERGED. The info is in float32.
+        """
+        dt = init.dtype
+
+        def objective32(a: Tensor) -> Tensor:
+            return objective(a.to(dt)).float()
+
+        tol = max(self.tol, 16 * torch.finfo(dt).eps)
+        x, info = self._solve(objective32, init.float(), low, high, tol)
+        return x.to(dt), info
 
     def _implicit(self, prob: Problem, box: Box, res) -> Tensor:
         x_star = res.x.detach()
@@ -163,7 +227,9 @@ class TrajOpt(nn.Module):
         cheap = self.implicit_unconverged == "memory" and res.H is None
         exact = res.converged | failed if cheap else torch.ones_like(failed)
         res.status |= torch.where(exact, 0, IMPLICIT_INEXACT)
-        approx = memory_solver(memory, fixed, self.implicit_fallback)
+        unit = res.scale
+        fallback = self.implicit_fallback if unit is None else self.implicit_fallback * unit
+        approx = memory_solver(memory, fixed, fallback)
         kind = self.implicit_solver
         if kind == "auto":
             # Measured (bench trajopt): one dense Hessian costs ~10-15 gradient evaluations and is
@@ -181,7 +247,8 @@ class TrajOpt(nn.Module):
             tol = self.cg_tol if self.cg_tol is not None else 10 * eps ** (2 / 3)
             max_it = self.cg_max_iters if self.cg_max_iters is not None else 2 * x_star.shape[1]
             solve = cg_solver(g, x_leaf, fixed, memory, tol=tol, max_iters=max_it,
-                              fallback=self.implicit_fallback, status=res.status, exact=exact, approx=approx)
+                              fallback=self.implicit_fallback, status=res.status, exact=exact, approx=approx,
+                              unit=unit)
         return implicit_output(x_star, g, solve)
 
     def _dense(self, prob: Problem, x_star: Tensor, res, fixed: Tensor, failed: Tensor, exact: Tensor,
@@ -196,7 +263,7 @@ class TrajOpt(nn.Module):
             eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device).expand_as(H)
             H = torch.where(bad.view(-1, 1, 1), -eye, H)
         return dense_solver(H, fixed, self.implicit_eig_floor, self.implicit_fallback, res.status, exact,
-                            approx)
+                            approx, res.scale)
 
 
 def optimize(objective: Callable[[Tensor], Tensor], init: Tensor, *, low=-1.0, high=1.0,

@@ -64,6 +64,7 @@ import torch
 from difftop.trajopt.info import (
     DAMPED,
     IMPLICIT_DAMPED,
+    NO_ACTION_GRADIENT,
     NONFINITE_INIT,
     NONFINITE_STEP,
     NOT_CONVERGED,
@@ -245,6 +246,7 @@ class TheseusSolver:
         self._clamp = True
         self._n_jac_calls = 0
         self._n_iters = 0
+        self._no_action_grad = False
         self._nonfinite = torch.zeros(self.batch_size, dtype=torch.bool)
         self._nonfinite_init = torch.zeros(self.batch_size, dtype=torch.bool)
         self.last_best_actions: torch.Tensor | None = None
@@ -299,8 +301,11 @@ class TheseusSolver:
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)
             g = self._value(xg)
-            (grad,) = torch.autograd.grad(g.sum(), xg, create_graph=create_graph, allow_unused=True)
+            grad = None
+            if g.requires_grad:  # else J does not depend on the actions (detached, or numpy)
+                (grad,) = torch.autograd.grad(g.sum(), xg, create_graph=create_graph, allow_unused=True)
         if grad is None:
+            self._no_action_grad = True
             grad = torch.zeros_like(xg)
         ok = torch.isfinite(g) & torch.isfinite(grad).all(1)
         bad = (~ok).detach().cpu()
@@ -350,6 +355,7 @@ class TheseusSolver:
         self._offset, self._clamp = float(residual_offset), bool(clamp_in_cost)
         self._n_jac_calls = 0
         self._n_iters = 0
+        self._no_action_grad = False
         self._user_error = False
         self._nonfinite = torch.zeros(B, dtype=torch.bool)
         self._nonfinite_init = torch.zeros(B, dtype=torch.bool)
@@ -420,7 +426,10 @@ class TheseusSolver:
                 status |= IMPLICIT_DAMPED
         value, gnorm = _value_and_grad_norm(objective, actions.detach(), low, high, clamp_in_cost=self._clamp)
         converged = torch.isfinite(gnorm) & (gnorm <= tol)
-        status |= torch.where(converged.cpu(), OK, NOT_CONVERGED)
+        if self._no_action_grad:  # nothing was optimised: not "converged" (the zero step kept the init)
+            converged = torch.zeros_like(converged)
+            status |= NO_ACTION_GRADIENT
+        status |= torch.where(converged.cpu() | self._no_action_grad, OK, NOT_CONVERGED)
         if bool((status & DAMPED).any()) and th_info is not None and not self._warned_damped:
             self._warned_damped = True
             warnings.warn(
@@ -465,7 +474,7 @@ def _value_and_grad_norm(objective: Objective, a: torch.Tensor, low, high, *, cl
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         v = objective(xg).reshape(a.shape[0])
-        (g,) = torch.autograd.grad(v.sum(), xg, allow_unused=True)
+        g = torch.autograd.grad(v.sum(), xg, allow_unused=True)[0] if v.requires_grad else None
     if g is None:
         g = torch.zeros_like(xg)
     g = g.detach()

@@ -130,7 +130,9 @@ def test_fuzz_batch(k):
     # Smooth, finite kinds are not flagged as failures.
     healthy = sum(kind == KINDS.index(n) for n in ("indefinite", "huge", "tiny")).bool()
     assert not info.flagged(NONFINITE_INIT | NONFINITE_STEP)[healthy].any()
-    assert info.converged[kind == KINDS.index("tiny")].all()  # |grad| ~ 1e-8 < tol * max(1, |J|)
+    # Objectives scaled by 1e-8 are solved in their own unit (issue 28), not "converged" at once because
+    # |grad| ~ 1e-8 < tol * max(1, |J|): every one of them iterates.
+    assert (info.iterations[kind == KINDS.index("tiny")] > 0).all()
 
     # Gradients reach the per-sample parameters and are finite for every sample whose objective
     # is finite around its result (a NaN sample's own rows may carry 0 * NaN).

@@ -33,7 +33,7 @@ from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import build_encoder, freeze, recent_obs
 from difftop.il.policies.registry import register_policy
 from difftop.nn.mlp import mlp
-from difftop.trajopt import TrajOpt, TrajOptInfo, latent_objective
+from difftop.trajopt import TrajOptConfig, TrajOptInfo, latent_objective
 
 __all__ = ["DiffTOPPolicy", "INITS", "kl_to_standard_normal"]
 
@@ -48,6 +48,15 @@ def _two(hidden: int | Sequence[int]) -> tuple[int, ...]:
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """Per-sample ``KL(N(mu, exp(logvar)) || N(0, I))``, summed over the latent dimensions."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def trajopt_config(solver: str, backward: str, max_iters: int, tol: float,
+                   trajopt: Mapping[str, Any] | None) -> TrajOptConfig:
+    """The policy's trajopt settings (``solver``, ``backward``, ``max_iters``, ``tol`` and the ``trajopt``
+    section: the other :class:`TrajOptConfig` keys, solver options under ``options``), checked once."""
+    given = {"solver": solver, "backward": backward, "max_iters": max_iters, "tol": tol,
+             **dict(trajopt or {})}
+    return TrajOptConfig.from_mapping(given, where="policies.difftop")
 
 
 @register_policy("difftop")
@@ -119,8 +128,7 @@ class DiffTOPPolicy(Policy):
             nn.init.zeros_(self.f[-1].weight)
             nn.init.zeros_(self.f[-1].bias)
         self.d = mlp(z + m, _two(mlp_hidden), z, "elu")
-        self.trajopt = TrajOpt(solver=solver, backward=backward, max_iters=max_iters, tol=tol, low=-1.0,
-                               high=1.0, **dict(trajopt or {}))
+        self.trajopt = trajopt_config(solver, backward, max_iters, tol, trajopt).build(low=-1.0, high=1.0)
         self.base = freeze(base) if base is not None else None
 
     # -- construction helpers -----------------------------------------------------------------

@@ -16,7 +16,31 @@ from torch import Tensor
 
 from ..box import Box
 from ..evaluate import Problem
-from ..info import DAMPED, NONFINITE_INIT, NONFINITE_STEP, NOT_CONVERGED
+from ..info import DAMPED, NO_ACTION_GRADIENT, NONFINITE_INIT, NONFINITE_STEP, NOT_CONVERGED
+
+#: initial objective scales (max(|J|, projected-gradient inf-norm) at the initial actions) within which
+#: J is taken to be in natural units (unit 1, the thresholds as they always were); outside, J's unit is
+#: that initial scale. Measured: the solves of the golden RL and IL runs (tests/golden) start at scales
+#: 3e-4 to 2 (or exactly 0: zero-initialised heads), trained critics' returns stay far below 1e5, and the
+#: degenerate objectives of issue 28 are off by 1e6 or more.
+SCALE_BAND = (1e-5, 1e5)
+
+
+def objective_scale(J0: Tensor, pgn0: Tensor) -> Tensor:
+    """(B,) the unit in which sample b's objective is measured: 1, or its initial scale when that is
+    outside SCALE_BAND.
+
+    Why: every threshold of the solvers (convergence tol * max(1, |J|), the rounding noise of J, the
+    curvature-pair tests, the LM damping floor) was absolute in J's units, so c * J did not solve like J:
+    a J scaled by 1e-12 "converged" at its initial point, one scaled by 1e10 rejected every L-BFGS pair.
+    Measuring J in units of its initial scale makes the solve of c * J that of J for any c outside the
+    band, while a problem whose scale is within it (every well-scaled one) keeps the unit 1 exactly: its
+    iterations are bit-for-bit those of the absolute rule. A scale of 0 (flat and zero) keeps unit 1.
+    """
+    lo, hi = SCALE_BAND
+    s0 = torch.maximum(J0.detach().abs(), pgn0.detach())
+    out = ((s0 < lo) & (s0 > 0)) | (s0 > hi)
+    return torch.where(out & torch.isfinite(s0), s0, torch.ones_like(s0))
 
 
 @dataclass
@@ -67,7 +91,9 @@ class Solver:
         ok = all_finite(*(t.detach() for t in parts))
         st = State(x=x0, J=J, g=g, H=H)
         st = self.sanitize(st, ok, x0)
-        st.extra = self.init_memory(st, box)
+        _, pgn, _ = converged_mask(box, st, 0.0)
+        prob.scale = objective_scale(st.J, pgn).to(x0.dtype)  # J may come in another dtype than x
+        st.extra = self.init_memory(st, box, prob.scale)
         return st, ok
 
     def sanitize(self, st: State, ok: Tensor, x0: Tensor) -> State:
@@ -84,7 +110,8 @@ class Solver:
             H = where_rows(ok, H, -eye)
         return replace(st, x=x, J=J, g=g, H=H)
 
-    def init_memory(self, st: State, box: Box) -> dict:
+    def init_memory(self, st: State, box: Box, unit: Tensor) -> dict:
+        """Solver memory at the initial state; unit: (B,) J's unit (objective_scale)."""
         return {}
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
@@ -129,7 +156,7 @@ class Solver:
             Jt_d = Jt.detach()
             J0 = st.J.detach()
             ok = pending & fin & (Jt_d >= J0 + c1 * gs.clamp(min=0)) & ((gs > 0) | (Jt_d > J0))
-            ok = ok | (pending & fin & rounding_accept(J0, Jt_d, gs, (gt.detach() * s).sum(-1)))
+            ok = ok | (pending & fin & rounding_accept(J0, Jt_d, gs, (gt.detach() * s).sum(-1), prob.scale))
             if force is not None:
                 ok = ok | (pending & fin & force)
             if bool(ok.any()):
@@ -155,7 +182,7 @@ class Solver:
         return new, accepted, pending, saw_nonfinite, alpha
 
 
-def rounding_accept(J0: Tensor, Jt: Tensor, gs: Tensor, gts: Tensor) -> Tensor:
+def rounding_accept(J0: Tensor, Jt: Tensor, gs: Tensor, gts: Tensor, unit: Tensor | None = None) -> Tensor:
     """Hager and Zhang's approximate Wolfe test, for a step whose change of J is within rounding.
 
     Near a maximum J changes by about |g|^2 / |H|, which is below the rounding error of J once
@@ -163,9 +190,12 @@ def rounding_accept(J0: Tensor, Jt: Tensor, gs: Tensor, gts: Tensor) -> Tensor:
     then rejects every step on noise and the solver stalls short of tol. Such a step is accepted
     when J did not drop by more than rounding and the slope along the step s fell,
     -0.9 g.s <= g_t.s <= 0.8 g.s (progress measured on the gradient, which is still accurate).
-    J0, Jt: values before and at the trial; gs = g.s, gts = g_t.s (B,).
+    J0, Jt: values before and at the trial; gs = g.s, gts = g_t.s (B,); unit: J's unit (objective_scale),
+    the floor of the magnitude the noise is relative to (None: 1).
     """
-    noise = 64 * torch.finfo(J0.dtype).eps * torch.maximum(J0.abs(), Jt.abs()).clamp(min=1.0)
+    mag = torch.maximum(J0.abs(), Jt.abs())
+    mag = mag.clamp(min=1.0) if unit is None else torch.maximum(mag, unit)
+    noise = 64 * torch.finfo(J0.dtype).eps * mag
     return (gs > 0) & (Jt >= J0 - noise) & (gts <= 0.8 * gs) & (gts >= -0.9 * gs)
 
 
@@ -180,14 +210,19 @@ class Result:
     grad_norm: Tensor
     status: Tensor
     extra: dict
+    scale: Tensor | None = None  # (B,) J's unit (objective_scale), for the implicit backward's thresholds
 
 
-def converged_mask(box: Box, st: State, tol: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(converged, projected-gradient inf-norm, fixed mask) of every sample."""
+def converged_mask(box: Box, st: State, tol: float, unit: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(converged, projected-gradient inf-norm, fixed mask) of every sample: converged when
+    ||proj g||_inf <= tol * max(unit, |J|), unit the sample's objective_scale (None: 1)."""
     g = st.g.detach()
     fixed = box.fixed_mask(st.x.detach(), g)
     pgn = g.masked_fill(fixed, 0.0).abs().amax(-1)
-    return pgn <= tol * st.J.detach().abs().clamp(min=1.0), pgn, fixed
+    mag = st.J.detach().abs()
+    mag = mag.clamp(min=1.0) if unit is None else torch.maximum(mag, unit)
+    return pgn <= tol * mag, pgn, fixed
 
 
 def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters: int, tol: float,
@@ -212,6 +247,12 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     x_start = box.project(x0 if unroll else x0.detach())
     st, ok = solver.init_state(prob, box, x_start, create_graph=unroll)
     status |= torch.where(ok, 0, NONFINITE_INIT)
+    ok_init = ok
+    unit = prob.scale
+    nograd = prob.no_action_grad
+    if nograd:  # J does not depend on the actions: nothing to solve; not "converged" at the init
+        status |= NO_ACTION_GRADIENT
+        ok = torch.zeros_like(ok)
     failed = ~ok
     live = ok.clone()  # neither failed nor stalled
     # Flags as tensors: a Python scalar in torch.where costs a tensor construction per call.
@@ -223,7 +264,7 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
         nonlocal live, status
         force = None
         for i in range(n_iters):
-            conv, _, fixed = converged_mask(box, st, tol)
+            conv, _, fixed = converged_mask(box, st, tol, unit)
             active = ok if force_active else live & ~conv
             if not bool(active.any()):
                 break
@@ -234,7 +275,8 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
             st, moved, stall, nonfin, damped = solver.step(prob, box, st, active, create_graph, force,
                                                            fixed=fixed)
             if ftol > 0 and not force_active:
-                stall = stall | (moved & (st.J.detach() - J_before <= ftol * J_before.abs().clamp(min=1.0)))
+                small = st.J.detach() - J_before <= ftol * torch.maximum(J_before.abs(), unit)
+                stall = stall | (moved & small)
             iters.add_(active)
             if damped is not None:
                 status |= torch.where(damped & active, flag_damped, zero)
@@ -245,15 +287,19 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
 
     st = loop(st, max_iters, unroll, False)
     prob.record = False
+    if prob.no_action_grad and not nograd:  # lost its dependence on the actions mid-solve
+        status |= NO_ACTION_GRADIENT
     if graph_iters > 0 and not unroll:
         # Re-evaluate at the solution with a graph so the first differentiated step depends on theta.
         J, g, H = solver.evaluate(prob, st.x.detach(), True)
         st = solver.sanitize(replace(st, J=J, g=g, H=H), ~failed, x_start.detach())
         st = loop(st, graph_iters, True, True)
-    conv, pgn, _ = converged_mask(box, st, tol)
+    conv, pgn, _ = converged_mask(box, st, tol, unit)
     conv = conv & ~failed
     status |= torch.where(~conv & ~failed, NOT_CONVERGED, 0)
-    J = torch.where(failed, torch.full_like(st.J, float("nan")), st.J.detach())
+    # A J that does not depend on the actions was evaluated fine: report its value, not NaN.
+    lost = failed & ~ok_init if nograd else failed
+    J = torch.where(lost, torch.full_like(st.J, float("nan")), st.J.detach())
     return Result(x=st.x, J=J, g=st.g, H=st.H, iterations=iters, converged=conv,
-                  grad_norm=torch.where(failed, torch.full_like(pgn, float("nan")), pgn), status=status,
-                  extra=st.extra)
+                  grad_norm=torch.where(lost, torch.full_like(pgn, float("nan")), pgn), status=status,
+                  extra=st.extra, scale=unit)

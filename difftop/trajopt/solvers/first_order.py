@@ -17,10 +17,19 @@ from ..evaluate import Problem
 from .base import Solver, State, all_finite, rounding_accept, where_rows
 
 
-def _initial_alpha(gF: Tensor, box: Box) -> Tensor:
-    """First step without curvature information: move at most half a box width (or 1)."""
+def _initial_alpha(gF: Tensor, box: Box, g_floor: Tensor) -> Tensor:
+    """First step without curvature information: move at most half a box width (or 1).
+    g_floor: (B,) the smallest gradient norm divided by, 1e-12 units of J (see _floors)."""
     reach = (0.5 * box.width.amax(-1)).clamp(max=1.0)
-    return reach / gF.detach().abs().amax(-1).clamp(min=1e-12)
+    return reach / torch.maximum(gF.detach().abs().amax(-1), g_floor)
+
+
+def _floors(unit: Tensor) -> dict:
+    """The solvers' absolute thresholds in J's unit (solvers.base.objective_scale), computed once per
+    solve: a gradient is in units of J, a curvature s.y too, y.y in units of J^2, a step length
+    alpha = s/g in 1/J. For unit 1 they are exactly the former constants (1e-12, 1e-10, 1e-30, ...)."""
+    return {"unit": unit, "g_floor": 1e-12 * unit, "pair": 1e-10 / unit, "yy_floor": 1e-30 * unit * unit,
+            "curv": 1e-12 * unit, "bb_lo": 1e-10 / unit, "bb_hi": 1e10 / unit}
 
 
 def _forced(force: Tensor | None, active: Tensor) -> Tensor:
@@ -32,8 +41,8 @@ class ProjectedGradient(Solver):
 
     name = "pgd"
 
-    def init_memory(self, st: State, box: Box) -> dict:
-        return {"alpha": torch.full_like(st.J.detach(), float("nan"))}
+    def init_memory(self, st: State, box: Box, unit: Tensor) -> dict:
+        return {"alpha": torch.full_like(st.J.detach(), float("nan")), "floors": _floors(unit)}
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
              force: Tensor | None = None, fixed: Tensor | None = None):
@@ -43,7 +52,8 @@ class ProjectedGradient(Solver):
         forced = _forced(force, active)
         # A forced (differentiated, truncated-mode) step at a solution keeps the step length of the
         # solve, or takes a unit step: 1/|g| scaling there would blow its derivative up like 1/|g|.
-        first = torch.where(forced, torch.ones_like(prev), _initial_alpha(d, box))
+        fl = st.extra["floors"]
+        first = torch.where(forced, torch.ones_like(prev), _initial_alpha(d, box, fl["g_floor"]))
         alpha0 = torch.where(torch.isnan(prev), first, prev)
         new, acc, stall, nonfin, _ = self.line_search(prob, box, st, d, alpha0, active, create_graph, force)
         # Barzilai-Borwein (BB1) for the next step, on the curvature of -J along the step.
@@ -51,10 +61,13 @@ class ProjectedGradient(Solver):
         y = -(new.g - st.g).detach()
         sy = (s * y).sum(-1)
         ss = (s * s).sum(-1)
+        # Step lengths are in (action units)^2 per unit of J: the curvature floor and the step range
+        # scale with J's unit (exactly the absolute ones for unit 1).
         bb = ss / sy.clamp(min=1e-30)
-        nxt = torch.where(sy > 1e-12 * ss.clamp(min=1e-30), bb, alpha0 * 2.0).clamp(1e-10, 1e10)
+        nxt = torch.where(sy > fl["curv"] * ss.clamp(min=1e-30), bb, alpha0 * 2.0)
+        nxt = torch.clamp(nxt, min=fl["bb_lo"], max=fl["bb_hi"])
         alpha = torch.where(acc & ~forced, nxt, prev)
-        new = replace(new, extra={"alpha": alpha})
+        new = replace(new, extra={"alpha": alpha, "floors": fl})
         return new, acc, stall, nonfin, torch.zeros_like(acc)
 
 
@@ -91,7 +104,7 @@ class LBFGS(Solver):
         self.sign_iters = int(sign_iters)
         self.sign_step = float(sign_step)
 
-    def init_memory(self, st: State, box: Box) -> dict:
+    def init_memory(self, st: State, box: Box, unit: Tensor) -> dict:
         B, n = st.x.shape
         M = self.memory
         x = st.x.detach()
@@ -105,6 +118,7 @@ class LBFGS(Solver):
             "d": torch.zeros_like(x), "alpha": x.new_ones(B),  # quasi-Newton trial being shortened
             "retry": torch.zeros(B, dtype=torch.bool, device=x.device),
             "nrej": torch.zeros(B, dtype=torch.long, device=x.device),
+            **_floors(unit),  # thresholds in J's unit: the curvature-pair tests are relative to it
         }
 
     @staticmethod
@@ -123,7 +137,12 @@ class LBFGS(Solver):
             S = S * free.unsqueeze(1)
             Y = Y * free.unsqueeze(1)
             sy = (S * Y).sum(-1)
-            valid = valid & (sy > 1e-10 * (Y * Y).sum(-1).clamp(min=1e-30))
+            yy = (Y * Y).sum(-1)
+            if "pair" in mem:  # s.y is in units of J, y.y in units of J^2 (see _floors)
+                yy = torch.maximum(yy, mem["yy_floor"].unsqueeze(-1))
+                valid = valid & (sy > mem["pair"].unsqueeze(-1) * yy)
+            else:
+                valid = valid & (sy > 1e-10 * yy.clamp(min=1e-30))
         v = valid.to(q.dtype).unsqueeze(-1)
         S, Y = S * v, Y * v
         SY = S @ Y.transpose(1, 2)
@@ -147,7 +166,7 @@ class LBFGS(Solver):
         # derivative of the step up like 1/|g|; without pairs they take the step gamma * g.
         use_grad = ~(has_pairs & (ascent if forced is None else ascent | forced))
         d = where_rows(use_grad, gF, d)
-        first = _initial_alpha(gF, box)
+        first = _initial_alpha(gF, box, mem["g_floor"])
         if forced is not None:
             first = torch.where(forced, mem["gamma"], first)
         alpha0 = torch.where(use_grad, first, torch.ones_like(first))
@@ -199,7 +218,7 @@ class LBFGS(Solver):
         ok = active & fin & (Jt_d >= J0 + self.armijo * gs.clamp(min=0)) & ((gs > 0) | (Jt_d > J0))
         maybe = active & fin & ~ok
         if bool(maybe.any()):
-            ok = ok | (maybe & rounding_accept(J0, Jt_d, gs, (gt_d * s).sum(-1)))
+            ok = ok | (maybe & rounding_accept(J0, Jt_d, gs, (gt_d * s).sum(-1), mem["unit"]))
         if forced is not None:
             ok = ok | (forced & fin)
         new = replace(st, x=where_rows(ok, xt, st.x), J=torch.where(ok, Jt, st.J), g=where_rows(ok, gt, st.g))
@@ -235,13 +254,17 @@ class LBFGS(Solver):
     @staticmethod
     def _update_pairs(mem: dict, accepted: Tensor, stale: Tensor | None, s: Tensor, g: Tensor, gt: Tensor,
                       create_graph: bool):
-        """Append the curvature pair of f = -J where it is positive (f locally convex), oldest dropped."""
+        """Append the curvature pair of f = -J where it is positive (f locally convex), oldest dropped.
+
+        The test s.y > (1e-10 / unit) y.y is relative to J's unit: the absolute s.y > 1e-10 y.y rejected
+        every pair of an objective scaled by 1e10 (s.y grows like the scale, y.y like its square), and
+        L-BFGS fell back to gradient steps that never converged."""
         valid = mem["valid"] if stale is None else mem["valid"] & ~stale.unsqueeze(-1)
         y = g - gt
         sy_g = (s * y).sum(-1)  # keeps the graph when unrolling (the memory then depends on theta)
         yy_g = (y * y).sum(-1)
         sy, yy = sy_g.detach(), yy_g.detach()
-        good = accepted & (sy > 1e-10 * yy)  # false where y = 0 (then s.y = 0)
+        good = accepted & (sy > mem["pair"] * yy)  # false where y = 0 (then s.y = 0)
         if not bool(good.any()):
             mem["valid"] = valid
             return
@@ -250,4 +273,4 @@ class LBFGS(Solver):
         mem["S"] = where_rows(good, torch.cat([mem["S"][:, 1:], s.unsqueeze(1)], 1), mem["S"])
         mem["Y"] = where_rows(good, torch.cat([mem["Y"][:, 1:], y.unsqueeze(1)], 1), mem["Y"])
         mem["valid"] = where_rows(good, torch.cat([valid[:, 1:], good.unsqueeze(1)], 1), valid)
-        mem["gamma"] = torch.where(good, sy_g / yy_g.clamp(min=1e-30), mem["gamma"])
+        mem["gamma"] = torch.where(good, sy_g / torch.maximum(yy_g, mem["yy_floor"]), mem["gamma"])

@@ -20,12 +20,17 @@ from ..evaluate import Problem
 from .base import Solver, State, all_finite, rounding_accept, where_rows
 
 
-def restrict(H: Tensor, fixed: Tensor) -> Tensor:
-    """-H on the free variables; fixed variables decoupled with a unit diagonal."""
+def restrict(H: Tensor, fixed: Tensor, unit: Tensor | None = None) -> Tensor:
+    """-H on the free variables; fixed variables decoupled with a unit diagonal.
+
+    unit: (B,) J's unit per sample (objective_scale; None: 1). The decoupling diagonal is one unit of
+    J, not 1: an absolute 1 dominated the spectrum of an objective scaled by 1e-8 and the relative
+    eigenvalue floor then flattened every true eigenvalue."""
     A = -H
     free = (~fixed).to(H.dtype)
     A = A * free.unsqueeze(-1) * free.unsqueeze(-2)
-    return A + torch.diag_embed(fixed.to(H.dtype))
+    diag = fixed.to(H.dtype) if unit is None else fixed.to(H.dtype) * unit.unsqueeze(-1)
+    return A + torch.diag_embed(diag)
 
 
 class Newton(Solver):
@@ -42,10 +47,12 @@ class Newton(Solver):
              force: Tensor | None = None, fixed: Tensor | None = None):
         fixed = box.fixed_mask(st.x.detach(), st.g.detach()) if fixed is None else fixed
         gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
-        A = restrict(st.H, fixed)
+        A = restrict(st.H, fixed, prob.scale)
         evals, V = torch.linalg.eigh(A.detach())
         scale = evals.abs().amax(-1, keepdim=True)
-        floor = (self.eig_floor * scale).clamp(min=torch.finfo(A.dtype).eps)
+        # eigenvalues are in units of J (prob.scale) per action^2: so is the absolute part of the floor
+        unit = prob.scale.unsqueeze(-1) if prob.scale is not None else 1.0
+        floor = torch.maximum(self.eig_floor * scale, torch.finfo(A.dtype).eps * unit)
         ok = evals >= floor
         mu = torch.where(ok, evals, torch.maximum(evals.abs(), floor))
         damped = ~ok.all(-1)
@@ -81,17 +88,18 @@ class LevenbergMarquardt(Solver):
         self.damping = float(damping)
         self.max_damping_tries = int(max_damping_tries)
 
-    def init_memory(self, st: State, box: Box) -> dict:
+    def init_memory(self, st: State, box: Box, unit: Tensor) -> dict:
+        # lambda is in units of J (unit: objective_scale) per action^2, as the Hessian
         diag = st.H.detach().diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-        lam = self.damping * diag.clamp(min=1.0)
-        return {"lam": lam, "nu": torch.full_like(lam, 2.0)}
+        lam = self.damping * torch.maximum(diag, unit)
+        return {"lam": lam, "nu": torch.full_like(lam, 2.0), "unit": unit}
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
              force: Tensor | None = None, fixed: Tensor | None = None):
-        lam, nu = st.extra["lam"], st.extra["nu"]
+        lam, nu, unit = st.extra["lam"], st.extra["nu"], st.extra["unit"]
         fixed = box.fixed_mask(st.x.detach(), st.g.detach()) if fixed is None else fixed
         gF = torch.where(fixed, torch.zeros_like(st.g), st.g)
-        A = restrict(st.H, fixed)
+        A = restrict(st.H, fixed, unit)
         n = A.shape[-1]
         eye = torch.eye(n, dtype=A.dtype, device=A.device)
         damped = torch.zeros_like(active)
@@ -102,7 +110,7 @@ class LevenbergMarquardt(Solver):
             if not bool(bad.any()):
                 break
             damped |= bad
-            lam_try = torch.where(bad, lam_try * 10.0 + 1e-12, lam_try)
+            lam_try = torch.where(bad, lam_try * 10.0 + 1e-12 * unit, lam_try)
         bad = info != 0
         if create_graph:  # differentiable solve (unrolling)
             d = torch.linalg.solve(A + lam_try.view(-1, 1, 1) * eye, gF.unsqueeze(-1)).squeeze(-1)
@@ -122,7 +130,7 @@ class LevenbergMarquardt(Solver):
         model_ok = ((pred > 0) & (rho > 1e-4)) | ((pred <= 0) & (actual > 0))
         # A change of J within rounding says nothing about the model: judge the step on its slope.
         near = ~model_ok & rounding_accept(st.J.detach(), Jt.detach(), (st.g.detach() * s).sum(-1),
-                                           (gt.detach() * s).sum(-1))
+                                           (gt.detach() * s).sum(-1), unit)
         rho = torch.where(near, torch.ones_like(rho), rho)
         accept = active & ~bad & fin & (model_ok | near)
         if force is not None:
@@ -133,7 +141,7 @@ class LevenbergMarquardt(Solver):
         nu_new = torch.where(accept, torch.full_like(nu, 2.0), nu * 2.0)
         lam_new = torch.where(active, lam_new, lam)
         nu_new = torch.where(active, nu_new, nu)
-        scale = Hd.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp(min=1.0)
+        scale = torch.maximum(Hd.diagonal(dim1=-2, dim2=-1).abs().amax(-1), unit)
         stall = active & ~accept & (lam_new > 1e16 * scale)
         new = replace(
             st,
@@ -141,7 +149,7 @@ class LevenbergMarquardt(Solver):
             J=torch.where(accept, Jt, st.J),
             g=where_rows(accept, gt, st.g),
             H=where_rows(accept, Ht, st.H),
-            extra={"lam": lam_new, "nu": nu_new},
+            extra={"lam": lam_new, "nu": nu_new, "unit": unit},
         )
         nonfin = active & ~fin
         return new, accept, stall, nonfin, damped
