@@ -54,7 +54,7 @@ def official_problem(batch: int, *, obs_dim: int = 24, latent_dim: int = 50, mlp
     torch.manual_seed(seed)
     model = TOLD((obs_dim,), action_dim, latent_dim=latent_dim, mlp_dim=mlp_dim)
     with torch.no_grad():
-        for head in (model._reward, model._Q1, model._Q2):
+        for head in (model.reward_net, *model.q_nets):
             last = head[-1]
             torch.nn.init.orthogonal_(last.weight, gain=head_gain)
             last.bias.zero_()

@@ -8,7 +8,8 @@ device, so an act's latency there grows with these counts, not with FLOPs.
         [key=value ...]
 
 ``step`` (agent steps; default the checkpoint's) sets the planning horizon's schedule: 1000000 plans at
-the full horizon. ``untrained:tdmpc`` builds a fresh cartpole-swingup agent (preset cpu): TD-MPC's
+the full horizon. Every act plans, also at a step below the run's ``seed_steps`` (set to 0 here).
+``untrained:tdmpc`` builds a fresh cartpole-swingup agent (preset cpu): TD-MPC's
 MPPI issues the same ops whatever its weights; a DiffTOP solve's do depend on them (iterations).
 
 Counts every aten op the profiler sees on CPU, the ones that only make views or empty tensors
@@ -43,6 +44,20 @@ NO_KERNEL = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::expan
 SYNC = {"aten::_local_scalar_dense"}
 
 
+def solve_summary(agent) -> dict[str, float]:
+    """The solve statistics since the last call (and reset them): DiffTOP's actor; {} for MPPI."""
+    summary = getattr(agent.actor, "_solve_summary", None)
+    return summary() if summary is not None else {}
+
+
+def planning_horizon(agent, step: int) -> int:
+    """The horizon an act plans over at ``step``: the solve's, or MPPI's planner's."""
+    actor = agent.actor
+    if hasattr(actor, "planning_horizon"):
+        return actor.planning_horizon(step)
+    return actor.planner.planning_horizon(step)
+
+
 def count_regions(path: str, agent, env, obs, step: int, acts: int, overrides: list[str]) -> None:
     """Compute ops per act by the code that issues them (a dispatch mode sees every aten call,
     the autograd backward's too, which runs on this thread on a CPU)."""
@@ -74,11 +89,11 @@ def count_regions(path: str, agent, env, obs, step: int, acts: int, overrides: l
     with Count():
         for _ in range(acts):
             obs, *_ = env.step(agent.act(obs, step=step, t0=False))
-    solve = agent._solve_summary() if hasattr(agent, "_solve_summary") else {}
+    solve = solve_summary(agent)
     total = sum(counts.values())
     how = (f"{solve['solve_iters']:.1f} solve iterations ({solve['solve_flagged']:.2f} of solves flagged)"
            if solve else "MPPI")
-    print(f"{path} {' '.join(overrides)}: horizon {agent.planning_horizon(step)}, {how}, "
+    print(f"{path} {' '.join(overrides)}: horizon {planning_horizon(agent, step)}, {how}, "
           f"{total // acts} compute ops / act")
     for label in ("objective evaluations", "solver bookkeeping", "other"):
         print(f"  {label:22s} {counts[label] // acts:6d} ops / act  {100 * counts[label] / total:5.1f}%")
@@ -105,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         agent_name = path.split(":", 1)[1]
         cfg = resolve_config(OmegaConf.merge(preset_config("cpu"), {"agent": agent_name, "device": "cpu"},
                                              OmegaConf.from_dotlist(overrides)))
+        cfg.seed_steps = 0  # every act plans: a step below seed_steps would act at random (no ops)
         env, _, agent = build(cfg, eval_episodes=1)
         step = 0
     else:
@@ -112,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = OmegaConf.create(state["config"])
         cfg.device = "cpu"
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        cfg.seed_steps = 0  # as above, whatever step is asked for
         env, _, agent = build(cfg, eval_episodes=1)
         agent.load_state_dict(state["agent"], weights_only=True)
         step = int(state["agent_step"])
@@ -119,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     obs, _ = env.reset(seed=0)
     for i in range(20):  # warm up, and leave the start of the episode
         obs, *_ = env.step(agent.act(obs, step=step, t0=i == 0))
-    if hasattr(agent, "_solve_summary"):
-        agent._solve_summary()  # reset the solve statistics
+    solve_summary(agent)  # reset the solve statistics
     if regions:
         count_regions(path, agent, env, obs, step, acts, overrides)
         return 0
@@ -133,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(e.count for e in events if e.key.startswith("aten::"))
     no_kernel = sum(e.count for e in events if e.key in NO_KERNEL)
     syncs = sum(e.count for e in events if e.key in SYNC)
-    solve = agent._solve_summary() if hasattr(agent, "_solve_summary") else {}
+    solve = solve_summary(agent)
     iters = f"{solve['solve_iters']:.1f}" if "solve_iters" in solve else "-"
     print("| checkpoint | agent | pg_mode | horizon | solve iterations | aten ops / act | of which compute "
           "| host syncs / act | ms / act (CPU, profiled) |")
     print("|---|---|---|---|---|---|---|---|---|")
     pg_mode = cfg.get("pg_mode", "-") if cfg.agent != "tdmpc" else "-"
-    print(f"| {path} | {cfg.agent} | {pg_mode} | {agent.planning_horizon(step)} | {iters} | "
+    print(f"| {path} | {cfg.agent} | {pg_mode} | {planning_horizon(agent, step)} | {iters} | "
           f"{total // acts} | {(total - no_kernel) // acts} | {syncs / acts:.1f} | {ms:.1f} |")
     return 0
 

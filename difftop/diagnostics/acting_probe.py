@@ -48,7 +48,7 @@ import torch
 from omegaconf import OmegaConf
 
 from difftop.diagnostics._runs import rl_checkpoint
-from difftop.rl.tdmpc import TDMPCAgent
+from difftop.rl.tdmpc import MPPIActor
 from difftop.rl.trainer import build, evaluate
 
 
@@ -58,20 +58,27 @@ class _Acting:
 
     def __init__(self, agent, mode: str):
         self.agent, self.mode = agent, mode
+        # MPPI on any agent's TOLD: a TD-MPC agent's own actor, else one built on its world model
+        # (its own warm start, kept across the calls of an episode as in ``difftop eval``)
+        self.mppi = None
+        if mode == "mppi":
+            self.mppi = (agent.actor if isinstance(agent.actor, MPPIActor)
+                         else MPPIActor(agent.world_model, agent.action_dim))
         self.dJ: list[np.ndarray] = []
         self.dQs: list[np.ndarray] = []
         self.da0: list[np.ndarray] = []
 
     def _solve(self, obs: np.ndarray, step: int) -> np.ndarray:
         a = self.agent
+        actor = a.actor  # a TrajOptActor: the solve, its warm start and Q_s
         with torch.no_grad():
             obs_t = torch.as_tensor(np.asarray(obs), device=a.device)
             z0 = a.model.h(obs_t)
-            init = a._init_actions(z0, a.planning_horizon(step) + 1, explore=False)
-            J = a.objective(z0)
-            sol, _ = a.trajopt(J, init)
+            init = actor._init_actions(z0, actor.planning_horizon(step) + 1, explore=False)
+            J = actor.objective(z0)
+            sol, _ = actor.trajopt(J, init)
             self.dJ.append((J(sol) - J(init)).cpu().numpy())
-            qs = [torch.min(*a.critic(obs_t, x[:, 0])).squeeze(-1) for x in (sol, init)]
+            qs = [torch.min(*actor.critic(obs_t, x[:, 0])).squeeze(-1) for x in (sol, init)]
             self.dQs.append((qs[0] - qs[1]).cpu().numpy())
             self.da0.append((sol[:, 0] - init[:, 0]).norm(dim=-1).cpu().numpy())
             return a._finite(sol[:, 0])
@@ -87,7 +94,9 @@ class _Acting:
     def act_batch(self, obs: np.ndarray, *, step: int, t0: bool) -> np.ndarray:
         a = self.agent
         if self.mode == "mppi":
-            return TDMPCAgent.act_batch(a, obs, step=step, t0=t0)
+            with torch.no_grad():
+                obs_t = torch.as_tensor(np.asarray(obs), device=a.device)
+                return a._finite(self.mppi.act_batch(obs_t, step=step, t0=t0))
         if self.mode == "pi":
             with torch.no_grad():
                 return a._finite(a.model.pi(a.model.h(torch.as_tensor(np.asarray(obs), device=a.device))))
@@ -109,8 +118,8 @@ def agent_for(run: str, mode: str, seed: int, episodes: int, overrides: list[str
     _, envs, agent = build(cfg, eval_episodes=episodes)
     modules = state["agent"]["modules"]
     agent.model.load_state_dict(modules["model"])
-    if "critic" in modules and hasattr(agent, "critic"):
-        agent.critic.load_state_dict(modules["critic"])
+    if "critic" in modules and hasattr(agent.actor, "critic"):
+        agent.actor.critic.load_state_dict(modules["critic"])
     return cfg, int(state["agent_step"]), agent, envs
 
 

@@ -29,21 +29,22 @@ def spread(run: str, states: int, repeats: int, seed: int) -> tuple[float, float
             stds = []
             for o in obs:
                 z = agent.model.h(o[None])
-                acts = torch.stack([agent.planner.plan(z, t0=True, eval_mode=False, step=step)[0]
+                acts = torch.stack([agent.actor.planner.plan(z, t0=True, eval_mode=False, step=step)[0]
                                     for _ in range(repeats)])
                 stds.append(float(acts.std(0).mean()))
             return float(np.mean(stds)), None
+        actor = agent.actor  # DiffTOP's TrajOptActor
         z = agent.model.h(obs.repeat_interleave(repeats, 0))
-        a = agent.solve(z, step, explore=True, record=False)[:, 0]
+        a = actor.solve(z, step, explore=True, record=False)[:, 0]
         a = a + linear_schedule(cfg.get("explore_std", 0.0), step) * torch.randn_like(a)
-        init = agent._init_actions(z, agent.planning_horizon(step) + 1, True)[:, 0]
+        init = actor._init_actions(z, actor.planning_horizon(step) + 1, True)[:, 0]
         a, init = a.clamp(-1, 1).view(states, repeats, -1), init.view(states, repeats, -1)
         return float(a.std(1).mean()), float(init.std(1).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="state-based RL run directories (checkpoint.pt, buffer.npz)")
+    ap.add_argument("runs", nargs="+", help="state-based RL run directories (checkpoint, buffer.npz)")
     ap.add_argument("--states", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)

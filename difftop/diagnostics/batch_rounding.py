@@ -28,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     agent, cfg, step = trained_agent(args.run)
     obs = buffer_states(args.run, args.states, args.seed)
+    if cfg.agent == "tdmpc":
+        raise SystemExit(f"{args.run}: needs a difftop or difftop_noback run, got {cfg.agent}")
+    solve = agent.actor.solve
     with torch.no_grad():
         z_batch = agent.model.h(obs)
         z_alone = torch.cat([agent.model.h(o[None]) for o in obs])
-        alone = torch.cat([agent.solve(z[None], step, explore=False, record=False) for z in z_alone])
-        batch = agent.solve(z_batch, step, explore=False, record=False)
-        batch_same_z = agent.solve(z_alone, step, explore=False, record=False)
+        alone = torch.cat([solve(z[None], step, explore=False, record=False) for z in z_alone])
+        batch = solve(z_batch, step, explore=False, record=False)
+        batch_same_z = solve(z_alone, step, explore=False, record=False)
     print(f"{args.run}: {len(obs)} states, latents batch vs alone: max diff "
           f"{float((z_batch - z_alone).abs().max()):.2e}")
     for name, a in (("own latents", batch), ("identical latents", batch_same_z)):

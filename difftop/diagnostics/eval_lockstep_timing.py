@@ -21,7 +21,7 @@ from difftop.rl.trainer import build, evaluate
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", help="a trained RL run directory (checkpoint.pt)")
+    ap.add_argument("run", help="a trained RL run directory (with its checkpoint)")
     ap.add_argument("max_iters", type=int, nargs="?",
                     help="the solver's iteration budget (default: the run's)")
     args = ap.parse_args(argv)

@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 import torch
 
-from difftop.diagnostics.pg_gradient_quality import compare, load_run, pg_gradients
+from difftop.diagnostics.pg_gradient_quality import compare, load_run, pg_gradients, stat
 from difftop.trajopt import implicit, layer
 from difftop.trajopt.solvers.first_order import LBFGS
 
@@ -44,13 +44,13 @@ def capped_memory_solver(memory, fixed, fallback):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", help="a DiffTOP RL run directory (checkpoint.pt and buffer.npz)")
+    ap.add_argument("run", help="a DiffTOP RL run directory (a checkpoint and its buffer.npz)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     layer.memory_solver = capped_memory_solver
     agent, obs, step, env_steps = load_run(args.run, 48, 0)
     ref, _, _ = pg_gradients(agent, obs, step, max_iters=300, tol=1e-6, implicit_unconverged="exact")
-    print(f"{args.run} at {env_steps} env steps, 48 buffer states, max_iters {agent.trajopt.max_iters}")
+    print(f"{args.run} at {env_steps} env steps, 48 buffer states, max_iters {agent.actor.trajopt.max_iters}")
     print("| mode | condition cap | per-sample cosine (median) | norm ratio (median, max) "
           "| cosine of the summed gradient |")
     print("|---|---|---|---|---|")
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         COND[0] = cond
         g, _, _ = pg_gradients(agent, obs, step, implicit_unconverged=mode)
         c = compare(g, ref)
-        print(f"| {mode} | {cond or '-'} | {np.median(c['cos']):.3f} | {np.median(c['ratio']):.2f}, "
-              f"{c['ratio'].max():.3g} | {c['total']:.3f} |", flush=True)
+        cos, ratio = c["cos"], c["ratio"]
+        print(f"| {mode} | {cond or '-'} | {stat(cos, np.median)} | {stat(ratio, np.median, '.2f')}, "
+              f"{stat(ratio, np.max, '.3g')} | {c['total']:.3f} |", flush=True)
     return 0
 
 

@@ -30,23 +30,24 @@ from difftop.trajopt.info import NOT_CONVERGED
 def pg_gradients(agent, obs: torch.Tensor, step: int, **trajopt
                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(per-sample flat PG gradients (N, P), converged (N,), iterations (N,)) under these solver settings."""
-    base = agent.trajopt
-    agent.trajopt = base.replace(**trajopt)
+    actor = agent.actor  # DiffTOP's TrajOptActor: the solve, pi's warm start, the PG loss and parameters
+    base = actor.trajopt
+    actor.trajopt = base.replace(**trajopt)
     try:
         grads, conv, iters = [], [], []
         for i in range(len(obs)):
             o = obs[i:i + 1]
             z0 = agent.model.h(o)
-            init = agent._init_actions(z0, agent.planning_horizon(step) + 1, False)
-            a, info = agent.trajopt(agent.objective(z0), init)
-            g = torch.autograd.grad(agent._pg_loss(o, a[:, 0]).sum(), agent.pg_params, allow_unused=True)
+            init = actor._init_actions(z0, actor.planning_horizon(step) + 1, False)
+            a, info = actor.trajopt(actor.objective(z0), init)
+            g = torch.autograd.grad(actor._pg_loss(o, a[:, 0]).sum(), actor.pg_params, allow_unused=True)
             grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
-                                    for x, p in zip(g, agent.pg_params)]))
+                                    for x, p in zip(g, actor.pg_params)]))
             conv.append(not int(info.status[0]) & NOT_CONVERGED)
             iters.append(int(info.iterations[0]))
         return torch.stack(grads), np.array(conv), np.array(iters)
     finally:
-        agent.trajopt = base
+        actor.trajopt = base
 
 
 def trained_agent(run: str):
@@ -76,6 +77,11 @@ def load_run(run: str, states: int, seed: int):
     return agent, buffer_states(run, states, seed), step, step * int(cfg.action_repeat)
 
 
+def stat(x: np.ndarray, fn, fmt: str = ".3f") -> str:
+    """``fn(x)`` formatted, or ``-`` when no sample counts (every reference gradient zero)."""
+    return format(fn(x), fmt) if len(x) else "-"
+
+
 def compare(g: torch.Tensor, ref: torch.Tensor) -> dict:
     """Per-sample cosine and norm ratio (samples with a non-zero reference) and the summed cosine."""
     nz = ref.norm(dim=1) > 0  # samples with every action at a bound have a zero gradient
@@ -86,7 +92,7 @@ def compare(g: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", help="a DiffTOP RL run directory (checkpoint.pt and buffer.npz)")
+    ap.add_argument("run", help="a DiffTOP RL run directory (a checkpoint and its buffer.npz)")
     ap.add_argument("--states", type=int, default=48)
     ap.add_argument("--ref-iters", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           "| per-sample cosine (median, p10) | norm ratio (median, max) | cosine of the summed gradient "
           "| ms per state |")
     print("|---|---|---|---|---|---|---|---|")
-    budgets = args.max_iters or [agent.trajopt.max_iters]
+    budgets = args.max_iters or [agent.actor.trajopt.max_iters]
     for max_iters, mode in ((k, m) for k in budgets for m in ("memory", "exact")):
         t0 = time.perf_counter()
         g, conv, iters = pg_gradients(agent, obs, step, implicit_unconverged=mode, max_iters=max_iters)
@@ -113,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         c = compare(g, ref)
         cos, ratio, total = c["cos"], c["ratio"], c["total"]
         print(f"| {max_iters} | {mode} | {iters.mean():.1f} | {1 - conv.mean():.2f} | "
-              f"{np.median(cos):.3f}, {np.percentile(cos, 10):.3f} | "
-              f"{np.median(ratio):.2f}, {ratio.max():.3g} | {total:.3f} | {ms:.0f} |")
+              f"{stat(cos, np.median)}, {stat(cos, lambda x: np.percentile(x, 10))} | "
+              f"{stat(ratio, np.median, '.2f')}, {stat(ratio, np.max, '.3g')} | {total:.3f} | {ms:.0f} |")
     return 0
 
 
