@@ -210,22 +210,31 @@ def run_command(cmd: tuple[str, ...], args: Sequence[str], prog: str | None = No
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
+    from difftop.launch import JobFailed, job_config, register_launchers, sweep_args
+
     _store_il_policies()
+    register_launchers()
     config_name, target = COMMANDS[cmd]
     codes: list[int] = []
+    command_pid = os.getpid()  # launchers that run jobs in other processes lose `codes`
 
     def task(cfg: Any) -> Any:
         fn = _load_target(target)
         try:
+            cfg = job_config(cfg)  # a multirun job's run goes to its own folder in the sweep
             _check_number_types(cfg, config_name)
             rc = fn(cfg)
         except UserError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {e}", file=sys.stderr)
+            if os.getpid() != command_pid:  # a sweep job in its own process (submitit): fail it visibly
+                raise JobFailed(f"error: {e}") from None
             codes.append(EXIT_USAGE)
             return None
         codes.append(_as_exit_code(rc))
+        if codes[-1] and os.getpid() != command_pid:
+            raise JobFailed(f"exit code {codes[-1]}")
         return rc
 
     # Hydra names the job after the last component of the task function's module.
@@ -234,7 +243,7 @@ def run_command(cmd: tuple[str, ...], args: Sequence[str], prog: str | None = No
 
     saved_argv = sys.argv
     # Hydra parses sys.argv[1:]; argv[0] (no slash) becomes the program name in its usage text.
-    sys.argv = [prog or f"difftop {_name(cmd)}", *args]
+    sys.argv = [prog or f"difftop {_name(cmd)}", *sweep_args(args)]
     try:
         app()
         code = 0

@@ -14,6 +14,7 @@ the run that was never stopped.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -148,23 +149,39 @@ class Loop(ABC):
         """Release environments and renderers."""
 
 
+def preemption_signal() -> signal.Signals:
+    """The signal a scheduler sends shortly before it stops a job (pre-emption or time limit): SLURM's
+    ``--signal``, which submitit sets to USR2 (or ``$SUBMITIT_PREEMPT_SIGNAL``)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
+
+
 class _Interrupts:
     """SIGINT / SIGTERM set a flag that the engine checks between units (it then checkpoints and stops);
-    a second Ctrl-C stops at once, keeping the last checkpoint."""
+    a second Ctrl-C stops at once, keeping the last checkpoint.
+
+    The pre-emption signal (:func:`preemption_signal`) is treated like SIGTERM, so a pre-empted job
+    keeps the work of its current unit; its earlier handler (submitit's, which requeues the job) is
+    called once that checkpoint is committed (:meth:`hand_over`) instead of cutting the unit off."""
 
     def __init__(self):
         self.flag: str | None = None
+        self.preempted = False
         self._old: dict = {}
+        self._preempt = preemption_signal()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in dict.fromkeys((signal.SIGINT, signal.SIGTERM, self._preempt)):
+                if sig == self._preempt and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # a job that chose to ignore it keeps ignoring it
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.flag is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.preempted = self.preempted or signum == self._preempt
         self.flag = signal.Signals(signum).name
         print(f"\n{self.flag}: saving a checkpoint after this step (Ctrl-C again to stop now, keeping the "
               f"last checkpoint)", flush=True)
@@ -173,6 +190,13 @@ class _Interrupts:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         return False
+
+    def hand_over(self) -> None:
+        """After a pre-emption, call the signal's earlier Python handler (restored by now): under
+        submitit it requeues the job (the requeued job resumes with ``resume=true``) and exits."""
+        old = self._old.get(self._preempt)
+        if self.preempted and callable(old):
+            old(self._preempt, None)
 
 
 def _finished_message(out: Path, done: int, steps: int) -> None:
@@ -276,7 +300,8 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
         logger.close()
     if stopped:
         print(f"stopped ({stopped}): checkpoint saved in {out} at {loop.progress()} of {cfg.steps}; "
-              f"continue with resume=true")
+              f"continue with resume=true", flush=True)
+        interrupts.hand_over()
         raise KeyboardInterrupt
     summary = {"out_dir": str(out), "wall_time": ctx.wall(), **loop.summary()}
     print(loop.done_message(summary))

@@ -71,15 +71,19 @@ def check_out(value: Any) -> Path:
 
 
 def main(cfg: DictConfig) -> int:
-    """Plot the runs under ``cfg.runs`` to ``cfg.out`` with their kind's plotter; summary beside it."""
-    out = check_out(cfg.out)
+    """Plot the runs under ``cfg.runs`` to ``cfg.out`` with their kind's plotter; summary beside it (a
+    sweep folder: :mod:`difftop.plot.sweep`)."""
+    from difftop.plot.sweep import default_out, given_keys, label_sweeps
+
+    paths = as_list(cfg.runs)
+    out = check_out(default_out(cfg.out, paths, given_keys()))
     require_int("dpi", cfg.dpi, 1)
     if cfg.x not in X_MODES:
         raise UserError(f"x must be one of {', '.join(X_MODES)}, got {cfg.x!r}")
-    paths = as_list(cfg.runs)
     dirs = find_run_dirs(paths)
     configs = {d: load_config(d) for d in dirs}
     kinds = {d: run_kind(d, configs[d]) for d in dirs}
+    label_sweeps(dirs, configs, kinds)
     found = [k for k in PLOTTERS if k in kinds.values()]
     if len(found) > 1:
         names = " and ".join(KIND_NAMES.get(k, k) for k in found)
