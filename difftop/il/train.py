@@ -7,12 +7,12 @@ batch of windows (observation history / action chunk, the policy's shapes), comp
 loss and takes an AdamW step (gradient-norm clipped; a step whose loss or gradient is not finite is
 skipped and counted, never applied). Every ``val_every`` steps a validation loss on fixed held-out
 batches, every ``eval_every`` steps (and at the end) seeded rollouts in the environment (success
-rate, coverage, a video).
+rate and the task's metrics, a video).
 
-``out_dir`` receives ``config.yaml``, ``train.csv``/``val.csv``/``eval.csv``, ``tb/``, ``videos/``
-and ``checkpoint.pt`` (kind ``"il"``: the policy spec and weights, optimizer, scheduler, EMA,
-step, every RNG). ``resume=true`` continues from it and drops log rows past it; validation and
-rollouts draw from forked RNGs, so a resumed run is the uninterrupted run.
+The run engine (:mod:`difftop.engine`) owns the run folder (``config.yaml``, ``train.csv`` /
+``val.csv`` / ``eval.csv``, ``tb/``, ``videos/``, ``checkpoint/``), resume and interrupts; this module
+is the loop's units. Validation and rollouts draw from forked RNGs, so a resumed run is the
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ __all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
 OBS_TYPES = ("state", "image")
 TRAIN_KEYS = {"lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "constant", "lr_warmup": 0, "ema_decay": 0.0,
               "batch_size": 256}
-RESUME_KEYS = ("task", "policy", "obs", "seed", "data", "base")
 
 
 def resolve_config(cfg: DictConfig) -> DictConfig:
     """Validate the user's config, fill the automatic values; adds ``policy_params`` (constructor keys)."""
     from difftop.il.policies import POLICIES
+
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     task = get_task(str(cfg.task))
     if cfg.obs not in OBS_TYPES:
@@ -244,6 +244,7 @@ class ILLoop(Loop):
     def __init__(self, cfg: DictConfig, state: dict | None):
         from difftop.data import SequenceDataset, file_split, load_dataset
         from difftop.il.policies import build_policy, policy_from_spec
+
         self.cfg = cfg
         self.task = task = get_task(cfg.task)
         obs_keys = list(task.keys(cfg.obs))

@@ -6,10 +6,10 @@ episode (the first time learning starts: one per step collected so far). Evaluat
 ``eval_every`` environment steps (and at 0; none during the seed steps, where the weights are
 still the initial ones), with a video of the first eval episode.
 
-Everything is written to ``out_dir``: ``config.yaml`` (resolved), ``train.csv``/``eval.csv``,
-``tb/`` (TensorBoard), ``videos/``, ``checkpoint.pt`` + ``buffer.npz``. ``resume=true`` reloads
-model, optimizers, counters, every RNG and the replay buffer, drops log rows past the checkpoint
-and continues, so a resumed run is the same run (bitwise on one CPU thread).
+The run engine (:mod:`difftop.engine`) owns the run folder (``config.yaml``, ``train.csv`` /
+``eval.csv``, ``tb/``, ``videos/``, ``checkpoint/`` with the replay buffer), resume and interrupts;
+this module is the loop's units, whose state (counters, the learning burst in progress) is in every
+checkpoint, so a resumed run is the same run (bitwise on one CPU thread).
 Episode ``i`` of training resets the environment with seed ``seed * 100003 + i`` and evaluation
 episode ``j`` with ``10**6 + seed * 1000 + j`` (the same eval episodes at every evaluation), so no
 environment state needs saving.
