@@ -56,9 +56,37 @@ def validate_run_keys(cfg: DictConfig) -> None:
     require_int("threads", cfg.get("threads"), 0)
     require_writable_dir("out_dir", cfg.get("out_dir"))
     require_number("checkpoint_minutes", cfg.get("checkpoint_minutes"), 0, optional=True)
+    log = cfg.get("logger") or {}
+    if log.get("wandb"):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("logger.wandb=true needs the wandb package: pip install -e '.[tracking]'"
+                            ) from None
+        mode = log.get("wandb_mode", "online")
+        if mode not in ("online", "offline", "disabled"):
+            raise UserError(f"logger.wandb_mode must be online, offline or disabled, got {mode!r}")
     allow = cfg.get("allow_change")
     if allow is not None and not OmegaConf.is_list(allow) and not isinstance(allow, list):
         raise UserError(f"allow_change must be a list of keys, e.g. allow_change=[lr], got {allow!r}")
+
+
+def _new_wandb_id() -> str:
+    """A W&B run id for a new run (kept in its checkpoints: a resumed run logs to the same W&B run)."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def _wandb_settings(cfg: DictConfig, run_id: str) -> dict | None:
+    """``wandb.init`` keywords from ``logger.*`` (None when ``logger.wandb`` is off)."""
+    log = cfg.get("logger") or {}
+    if not log.get("wandb"):
+        return None
+    name = log.get("wandb_name") or "/".join(Path(str(cfg.out_dir)).parts[-4:])
+    return {"project": log.get("wandb_project") or "difftop", "entity": log.get("wandb_entity"),
+            "mode": log.get("wandb_mode") or "online", "name": name, "id": run_id,
+            "config": OmegaConf.to_container(cfg, resolve=True)}
 
 
 class Context:
@@ -245,8 +273,9 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
     recover(out)
     rows = None if state is not None and "logs" not in state else (state or {}).get("logs", {})
     resume_step = int(loop.progress()) if state is not None else None
+    wandb_id = (state or {}).get("wandb_id") or _new_wandb_id()
     logger = RunLogger(out, tensorboard=bool(cfg.get("tensorboard", True)), step_key=spec.step_key,
-                       rows=rows, resume_step=resume_step)
+                       rows=rows, resume_step=resume_step, wandb=_wandb_settings(cfg, wandb_id))
     tmp = out / ".config.yaml.tmp"
     tmp.write_text(OmegaConf.to_yaml(cfg))
     tmp.replace(out / "config.yaml")
@@ -266,7 +295,7 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
         ctx.note("checkpointing")
         st = loop.state_dict()
         st.update({"kind": spec.kind, "config": OmegaConf.to_container(cfg), "rng": global_rng_state(),
-                   "wall_time": ctx.wall()})
+                   "wall_time": ctx.wall(), "wandb_id": wandb_id})
         try:
             commit_checkpoint(out, st, weights=spec.weights, files=loop.files(), logs=logger.counts(),
                               crash=crash_point)

@@ -27,7 +27,8 @@ from difftop.utils.checkpoint import (
 __all__ = ["RunSpec", "open_run", "explicit_keys"]
 
 #: keys every run may change on resume: where and how it runs, how it reports
-ALWAYS_OVERRIDABLE = ("out_dir", "resume", "allow_change", "progress", "threads", "device", "tensorboard")
+ALWAYS_OVERRIDABLE = ("out_dir", "resume", "allow_change", "progress", "threads", "device", "tensorboard",
+                      "logger")
 
 
 @dataclass(frozen=True)

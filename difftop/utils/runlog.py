@@ -1,4 +1,5 @@
-"""Per-run logging: one CSV per category (train/eval/val) plus TensorBoard, exact on resume.
+"""Per-run logging: one CSV per category (train/eval/val) plus TensorBoard (and optionally Weights &
+Biases), exact on resume.
 
 Why CSV first: results are committed to the repository and plotted by ``difftop plot``; CSVs are
 readable anywhere. Columns may grow (loss columns appear once updates start): the file is rewritten
@@ -24,11 +25,13 @@ __all__ = ["RunLogger"]
 
 class RunLogger:
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, step_key: str = "env_step",
-                 rows: Mapping[str, int] | None = None, resume_step: int | None = None):
+                 rows: Mapping[str, int] | None = None, resume_step: int | None = None,
+                 wandb: Mapping | None = None):
         """``rows``: CSV row counts to cut back to (a checkpoint's; ``{}`` for a fresh start: no rows);
         None keeps the files as they are. ``resume_step``: TensorBoard's first step to rewrite, and, for a
         checkpoint of an earlier version without row counts (``rows=None``), the last step kept in the
-        CSVs."""
+        CSVs. ``wandb``: keyword arguments of ``wandb.init`` (``id`` the run's, so a resumed run goes on
+        in the same Weights & Biases run), or None for no W&B logging."""
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.step_key = step_key
@@ -65,6 +68,14 @@ class RunLogger:
                             if _num(row.get(step_key)) >= purge:
                                 self._tb_row(category, {k: _parse(v) for k, v in row.items()})
                     self.tb.flush()
+        self.wandb = None
+        if wandb is not None:
+            import wandb as wb
+
+            self.wandb = wb.init(dir=str(self.dir), resume="allow", **dict(wandb))
+            # rows are logged against the run's own step column, so a resumed run may log a step again
+            self.wandb.define_metric(step_key)
+            self.wandb.define_metric("*", step_metric=step_key)
 
     @staticmethod
     def _read(path: Path) -> list[dict]:
@@ -106,6 +117,10 @@ class RunLogger:
         if self.tb is not None:
             self._tb_row(category, row)
             self.tb.flush()
+        if self.wandb is not None:
+            numbers = {f"{category}/{k}": v for k, v in row.items()
+                       if k != self.step_key and isinstance(v, (int, float)) and math.isfinite(v)}
+            self.wandb.log({self.step_key: row.get(self.step_key, 0), **numbers})
 
     def _tb_row(self, category: str, row: dict) -> None:
         step = int(_num(row.get(self.step_key, 0)))
@@ -128,6 +143,9 @@ class RunLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
 
 def _fmt(v):
