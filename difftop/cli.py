@@ -52,6 +52,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rl",): ("rl", "difftop.rl.trainer:main"),
     ("bench", "rl"): ("bench_rl", "difftop.bench.rl:main"),
     ("eval",): ("rl_eval", "difftop.evaluate:main"),
+    ("data", "convert"): ("data_convert", "difftop.data.convert:main"),
 }
 
 #: Optional one-line descriptions shown by ``difftop --help``.
@@ -64,6 +65,7 @@ HELP: dict[tuple[str, ...], str] = {
     ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
     ("eval",): "evaluate a saved checkpoint (RL: mean +- std return; IL: success rate, coverage) with videos",
     ("plot",): "learning curves (mean +- std over seeds): RL returns vs env steps and wall-clock, IL metrics",
+    ("data", "convert"): "convert a dataset between LeRobot v3, diffusion_policy zarr and robomimic hdf5",
 }
 
 #: command words -> config key that takes the command's positional words: ``difftop plot a b`` runs

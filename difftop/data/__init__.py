@@ -3,7 +3,9 @@
 - :class:`EpisodeData`: episodes in memory (per-step arrays concatenated + ``episode_ends``).
 - :func:`load_zarr` / :func:`save_zarr` / :class:`ZarrEpisodeWriter`: diffusion_policy's layout.
 - :func:`load_robomimic` / :func:`save_robomimic`: robomimic's hdf5 layout.
-- :func:`load_dataset`: either, by file type, with the keys a policy trains on (``obs_keys``
+- :func:`load_lerobot` / :func:`save_lerobot`: LeRobotDataset v3.0 folders (Parquet + MP4), with
+  pyarrow and PyAV; ``difftop data convert`` (:mod:`difftop.data.convert`) converts between all three.
+- :func:`load_dataset`: any of them, by file type, with the keys a policy trains on (``obs_keys``
   chooses and concatenates a robomimic file's observations); :func:`file_split`: the file's own
   train/valid episodes (robomimic's masks). See :mod:`difftop.data.dataset`.
 - :class:`SequenceDataset`: observation-history / action-chunk windows with edge padding.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from difftop.data.dataset import HDF5_SUFFIXES, file_split, load_dataset, robomimic_obs_keys
 from difftop.data.episodes import EpisodeData, split_episodes
 from difftop.data.hdf5_io import load_robomimic, save_robomimic
+from difftop.data.lerobot import is_lerobot, load_lerobot, save_lerobot
 from difftop.data.zarr_io import ZarrEpisodeWriter, load_zarr, save_zarr
 
 if TYPE_CHECKING:
@@ -45,10 +48,13 @@ __all__ = [
     "SequenceDataset",
     "ZarrEpisodeWriter",
     "file_split",
+    "is_lerobot",
     "load_dataset",
+    "load_lerobot",
     "load_robomimic",
     "load_zarr",
     "robomimic_obs_keys",
+    "save_lerobot",
     "save_robomimic",
     "save_zarr",
     "split_episodes",

@@ -21,6 +21,11 @@ Contract of :func:`load_dataset` (``path``, ``obs_keys``):
   :class:`UserError` listing its observation keys.
 - robomimic's ``mask/<name>`` filters are ``episode_meta["mask/<name>"]``; :func:`file_split`
   turns ``mask/train`` / ``mask/valid`` into episode indices.
+- A LeRobot v3.0 folder (``meta/info.json``) is read by :func:`difftop.data.lerobot.load_lerobot`
+  under the same contract: ``obs_keys`` may name difftop keys (``state``, an image's name) or
+  LeRobot features (``observation.state``, ``observation.images.<name>``); without ``obs_keys``
+  every feature comes back under its difftop key (``observation.state`` -> ``state``, ...). A
+  ``train`` / ``valid`` split in its ``info.json`` becomes ``mask/train`` / ``mask/valid``.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def _is_hdf5(p: Path) -> bool:
 
 def load_dataset(path: str | Path, obs_keys: Sequence[str] | None = None, *,
                  keys: Sequence[str] | None = None) -> EpisodeData:
-    """Read a zarr replay buffer (directory or ``.zarr.zip``) or a robomimic hdf5 file.
+    """Read a zarr replay buffer (directory or ``.zarr.zip``), a robomimic hdf5 file or a LeRobot
+    v3.0 folder (one holding ``meta/info.json``; :mod:`difftop.data.lerobot`).
 
     ``obs_keys``: see the module docstring. ``keys`` (exclusive with ``obs_keys``) reads the named
     arrays as the file stores them, without renaming (the raw readers' selection).
@@ -64,10 +70,11 @@ def load_dataset(path: str | Path, obs_keys: Sequence[str] | None = None, *,
     if obs_keys is not None and keys is not None:
         raise UserError("load_dataset: pass obs_keys or keys, not both")
     if obs_keys is not None:
-        if isinstance(obs_keys, str) or not all(isinstance(k, str) for k in obs_keys) or not len(obs_keys):
-            raise UserError(f"obs_keys must be a non-empty list of key names, got {obs_keys!r}")
-        if len(set(obs_keys)) != len(obs_keys):
-            raise UserError(f"obs_keys has duplicates: {list(obs_keys)}")
+        _check_obs_keys(obs_keys)
+    if p.is_dir() and (p / "meta" / "info.json").is_file():  # a LeRobot dataset folder
+        from difftop.data.lerobot import load_lerobot
+
+        return load_lerobot(p, obs_keys, keys=keys)
     if _is_hdf5(p):
         if keys is not None:
             return load_robomimic(p, keys)
@@ -83,6 +90,14 @@ def load_dataset(path: str | Path, obs_keys: Sequence[str] | None = None, *,
         raise UserError(f"{p}: 'action' is not an observation key")
     raw = load_zarr(p, [*obs_keys, "action"])
     return _assemble(raw, {k: k for k in obs_keys}, "action", str(p))
+
+
+def _check_obs_keys(obs_keys: Sequence[str]) -> None:
+    """UserError unless ``obs_keys`` is a non-empty list of distinct key names."""
+    if isinstance(obs_keys, str) or not all(isinstance(k, str) for k in obs_keys) or not len(obs_keys):
+        raise UserError(f"obs_keys must be a non-empty list of key names, got {obs_keys!r}")
+    if len(set(obs_keys)) != len(obs_keys):
+        raise UserError(f"obs_keys has duplicates: {list(obs_keys)}")
 
 
 # -- robomimic -----------------------------------------------------------------------------------
