@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from difftop.engine import distributed as dist
 from difftop.engine.faults import crash_point
 from difftop.engine.rundir import RunSpec, open_run
 from difftop.errors import UserError
-from difftop.utils.checkpoint import commit_checkpoint, recover
+from difftop.utils.checkpoint import CheckpointError, commit_checkpoint, load_checkpoint, recover
 from difftop.utils.checks import require_int, require_number, require_seed, require_writable_dir
 from difftop.utils.runlog import RunLogger
 
@@ -90,9 +91,10 @@ def _wandb_settings(cfg: DictConfig, run_id: str) -> dict | None:
 
 
 class Context:
-    """What a loop's units use of the engine: logging, the progress bar, the run folder, the clock."""
+    """What a loop's units use of the engine: logging, the progress bar, the run folder, the clock.
+    Under torchrun only rank 0 has a logger and a bar; the other ranks' rows go nowhere."""
 
-    def __init__(self, out: Path, logger: RunLogger, bar: Any, wall_offset: float):
+    def __init__(self, out: Path, logger: RunLogger | None, bar: Any, wall_offset: float):
         self.out = out
         self.logger = logger
         self.bar = bar
@@ -104,7 +106,8 @@ class Context:
         return self._offset + time.time() - self._start
 
     def log(self, category: str, row: dict) -> None:
-        self.logger.log(category, row)
+        if self.logger is not None:
+            self.logger.log(category, row)
 
     def advance(self, n: int, **postfix: Any) -> None:
         if self.bar is not None:
@@ -241,11 +244,15 @@ def run(cfg: DictConfig, spec: RunSpec, build: Callable[[DictConfig, dict | None
     a resumed run has nothing left to do (it is then left untouched); ``summary_of(state)`` is that
     run's summary.
     """
+    if dist.requested() and not dist.active():
+        raise UserError(f"{spec.kind} runs in one process; of the training commands only `difftop il` runs "
+                        f"under torchrun (WORLD_SIZE={os.environ.get('WORLD_SIZE')})")
     validate_run_keys(cfg)
     out = Path(cfg.out_dir)
-    cfg, state = open_run(cfg, spec)
+    cfg, state = _open(cfg, spec)
     if state is not None and finished(state, cfg):
-        _finished_message(out, int(state.get(spec.step_key, state.get("step", 0))), int(cfg.steps))
+        if dist.is_main():
+            _finished_message(out, int(state.get(spec.step_key, state.get("step", 0))), int(cfg.steps))
         return summary_of(state)
 
     if cfg.threads:
@@ -253,11 +260,41 @@ def run(cfg: DictConfig, spec: RunSpec, build: Callable[[DictConfig, dict | None
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    loop = build(cfg, state)
+    loop = dist.agree(lambda: build(cfg, state))
     try:
         return _drive(cfg, spec, loop, state, out)
     finally:
         loop.close()
+
+
+def _open(cfg: DictConfig, spec: RunSpec) -> tuple[DictConfig, dict | None]:
+    """:func:`open_run`; under torchrun rank 0 opens (or refuses) the run and the others take its config
+    and read the checkpoint it opened, all before rank 0 may change the folder."""
+    if not dist.active():
+        return open_run(cfg, spec)
+    if dist.is_main():
+        try:
+            cfg, state = open_run(cfg, spec)
+            decision = (None, OmegaConf.to_container(cfg, resolve=True), state and state.get("path"))
+        except UserError as e:
+            decision = (str(e), None, None)
+    decision = dist.broadcast_object(decision if dist.is_main() else None)
+    if decision[0]:
+        raise UserError(decision[0])
+    if dist.is_main():
+        dist.agree(lambda: None)
+        return cfg, state
+
+    def read() -> dict | None:
+        try:
+            return load_checkpoint(decision[2], kind=spec.kind) if decision[2] else None
+        except CheckpointError as e:
+            raise UserError(f"resume: {e}") from None
+
+    run = OmegaConf.create(decision[1])
+    if "device" in cfg:
+        run.device = cfg.device  # its own GPU (cuda:LOCAL_RANK), not rank 0's
+    return run, dist.agree(read)
 
 
 def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: Path) -> dict:
@@ -267,21 +304,24 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
         if state.get("path"):
             loop.restore_files(Path(state["path"]))
     loop.start()
-    # Only now, with everything built, is the folder touched: a cut-off checkpoint swap is finished,
-    # the logs cut back to the checkpoint (or emptied for a fresh start).
-    out.mkdir(parents=True, exist_ok=True)
-    recover(out)
-    rows = None if state is not None and "logs" not in state else (state or {}).get("logs", {})
-    resume_step = int(loop.progress()) if state is not None else None
-    wandb_id = (state or {}).get("wandb_id") or _new_wandb_id()
-    logger = RunLogger(out, tensorboard=bool(cfg.get("tensorboard", True)), step_key=spec.step_key,
-                       rows=rows, resume_step=resume_step, wandb=_wandb_settings(cfg, wandb_id))
-    tmp = out / ".config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(cfg))
-    tmp.replace(out / "config.yaml")
+    main = dist.is_main()  # under torchrun only rank 0 touches the folder (logs, config, checkpoints)
+    logger = None
+    if main:
+        # Only now, with everything built, is the folder touched: a cut-off checkpoint swap is finished,
+        # the logs cut back to the checkpoint (or emptied for a fresh start).
+        out.mkdir(parents=True, exist_ok=True)
+        recover(out)
+        rows = None if state is not None and "logs" not in state else (state or {}).get("logs", {})
+        resume_step = int(loop.progress()) if state is not None else None
+        wandb_id = (state or {}).get("wandb_id") or _new_wandb_id()
+        logger = RunLogger(out, tensorboard=bool(cfg.get("tensorboard", True)), step_key=spec.step_key,
+                           rows=rows, resume_step=resume_step, wandb=_wandb_settings(cfg, wandb_id))
+        tmp = out / ".config.yaml.tmp"
+        tmp.write_text(OmegaConf.to_yaml(cfg))
+        tmp.replace(out / "config.yaml")
 
     bar = None
-    if cfg.get("progress", True):
+    if main and cfg.get("progress", True):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(cfg.steps), initial=min(loop.progress(), int(cfg.steps)), desc=loop.describe(),
@@ -292,6 +332,9 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
 
     def checkpoint() -> None:
         nonlocal last
+        if not main:  # the other ranks wait until it is committed
+            dist.barrier()
+            return
         ctx.note("checkpointing")
         st = loop.state_dict()
         st.update({"kind": spec.kind, "config": OmegaConf.to_container(cfg), "rng": global_rng_state(),
@@ -305,6 +348,7 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
                             f"kept: free space, then continue with resume=true") from None
         last = time.time()
         ctx.done_note()
+        dist.barrier()
 
     stopped = None
     try:
@@ -315,10 +359,15 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
                 due = loop.step(ctx)
                 crash_point("step")
                 overdue = minutes is not None and time.time() - last >= 60 * float(minutes)
-                if due or overdue or interrupts.flag or loop.finished():
+                stop = bool(interrupts.flag)
+                if dist.active():  # rank 0's clock, any rank's signal: every rank decides alike
+                    overdue, stop = dist.any_flags(main and overdue, stop)
+                if due or overdue or stop or loop.finished():
                     checkpoint()
-                if interrupts.flag:
-                    stopped = interrupts.flag
+                if not dist.active():
+                    stop = bool(interrupts.flag)  # also a signal that came during that checkpoint
+                if stop:
+                    stopped = interrupts.flag or "a signal to another rank"
                     break
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint in {out} is kept; continue with resume=true")
@@ -326,7 +375,8 @@ def _drive(cfg: DictConfig, spec: RunSpec, loop: Loop, state: dict | None, out: 
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if stopped:
         print(f"stopped ({stopped}): checkpoint saved in {out} at {loop.progress()} of {cfg.steps}; "
               f"continue with resume=true", flush=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop import engine
 from difftop.engine import Context, Loop, RunSpec
+from difftop.engine import distributed as dist
 from difftop.errors import UserError
 from difftop.il.rollout import eval_row
 from difftop.nn.ema import ema_update_
@@ -232,19 +234,38 @@ def _evaluate(policy, cfg: DictConfig, step: int, out: Path) -> dict[str, Any]:
 
 #: keys a resumed run may change freely: how far to go and how to report
 RESUME_FREE = ("steps", "eval_every", "eval_episodes", "eval_batch", "video", "checkpoint_every", "val_every",
-               "log_every", "checkpoint_minutes")
+               "log_every", "checkpoint_minutes", "ddp_timeout_minutes")
+#: policies whose loss leaves some trainable parameters out (DiffTOP: the argmax ignores f's last bias, and
+#: plan_horizon=1 never calls the dynamics d), so DDP must look for them every step
+DDP_PARTIAL_LOSS = frozenset({"difftop"})
 SPEC = RunSpec(kind="il", step_key="step", overridable=RESUME_FREE, weights=(("policy",), ("ema",)))
+
+
+class _Loss(torch.nn.Module):
+    """The policy's training loss as a forward pass: DistributedDataParallel all-reduces the gradients
+    of what its ``forward`` computed, and policies train through ``compute_loss``."""
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict):
+        return self.policy.compute_loss(batch)
 
 
 class ILLoop(Loop):
     """Imitation learning as units of work: one gradient step (with its log and validation rows when
     due), or one rollout evaluation. The checkpoint before an evaluation keeps the training before it,
-    so an evaluation cut off (IBC's take ~30 min on a CPU) costs only itself."""
+    so an evaluation cut off (IBC's take ~30 min on a CPU) costs only itself.
+
+    Under torchrun (:mod:`difftop.engine.distributed`) every rank draws the same ``batch_size`` windows
+    and trains on its block of them under DistributedDataParallel; rank 0 alone validates and evaluates."""
 
     def __init__(self, cfg: DictConfig, state: dict | None):
         from difftop.data import SequenceDataset, file_split, load_dataset
         from difftop.il.policies import build_policy, policy_from_spec
 
+        dist.require_divisible(int(cfg.batch_size))
         self.cfg = cfg
         self.task = task = get_task(cfg.task)
         obs_keys = list(task.keys(cfg.obs))
@@ -307,6 +328,7 @@ class ILLoop(Loop):
         # an evaluation owed at this step (steps=0 evaluates the policy as it is)
         self.eval_owed = int(cfg.steps) == 0 and bool(cfg.eval_episodes)
         self.base_cache = None
+        self.ddp = None  # the policy's loss under DistributedDataParallel (torchrun), from start()
         self.sums: dict[str, float] = {}
         self.n_sum, self.t_log = 0, time.time()
         self.ckpt_every = int(cfg.checkpoint_every or cfg.eval_every or cfg.steps or 1)
@@ -349,6 +371,15 @@ class ILLoop(Loop):
             if self.base_cache is not None:
                 print(f"base_cache: the base's actions for {len(self.train_ds)} training windows, "
                       f"{time.time() - t0:.0f} s")
+        if dist.active():  # after the restore: every rank starts from the checkpoint's weights
+            self.ddp = dist.wrap(_Loss(self.policy), find_unused_parameters=cfg.policy in DDP_PARTIAL_LOSS)
+
+    def close(self) -> None:
+        """With ``DIFFTOP_RANK_DIGEST=1`` under torchrun, each rank writes ``rank<r>.sha256`` (its weights and
+        optimizer state) into the run folder: tests check that the ranks never drift apart."""
+        if self.ddp is not None and os.environ.get("DIFFTOP_RANK_DIGEST") == "1":
+            text = dist.digest(self.policy.state_dict(), self.opt.state_dict()["state"]) + "\n"
+            (Path(self.cfg.out_dir) / f"rank{dist.rank()}.sha256").write_text(text)
 
     def describe(self) -> str:
         c = self.cfg
@@ -367,7 +398,8 @@ class ILLoop(Loop):
     # ---- units
     def step(self, ctx: Context) -> bool:
         if self.eval_owed:
-            self._evaluate(ctx)
+            if dist.is_main():  # the others wait at the checkpoint that follows
+                self._evaluate(ctx)
             self.eval_owed = False
             return True
         return self._train_step(ctx)
@@ -388,14 +420,18 @@ class ILLoop(Loop):
         cfg, policy = self.cfg, self.policy
         # the same draw as train_ds.sample
         idx = self.sampler.integers(0, len(self.train_ds), size=int(cfg.batch_size))
+        idx = dist.my_rows(idx)  # under torchrun this rank's block of the same draw
         batch = self.train_ds.get_batch(idx)
         if self.base_cache is not None:
             batch["base_action"] = self.base_cache[idx]
         batch = _to(batch, cfg.device)
-        loss, metrics = policy.compute_loss(batch)
-        ok = bool(torch.isfinite(loss))
-        gn = math.nan
-        if ok:
+        if self.ddp is not None:
+            loss, metrics, ok, gn = self._ddp_gradient_step(batch)
+        else:
+            loss, metrics = policy.compute_loss(batch)
+            ok = bool(torch.isfinite(loss))
+            gn = math.nan
+        if ok and self.ddp is None:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             clip = float(cfg.grad_clip) if cfg.grad_clip else math.inf
@@ -423,7 +459,8 @@ class ILLoop(Loop):
             row.update({k: v / max(self.n_sum, 1) for k, v in self.sums.items()})
             ctx.log("train", row)
             self.sums, self.n_sum, self.t_log = {}, 0, now
-        if cfg.val_every and len(self.val_ds) and (step % cfg.val_every == 0 or step == cfg.steps):
+        if cfg.val_every and len(self.val_ds) and (step % cfg.val_every == 0 or step == cfg.steps) \
+                and dist.is_main():
             ctx.note("validating")
             evaluator = self.ema if self.ema is not None else policy
             ctx.log("val", {"step": step, "wall_time": ctx.wall(), **_validate(evaluator, self.val_ds, cfg)})
@@ -431,6 +468,29 @@ class ILLoop(Loop):
         self.eval_owed = bool(cfg.eval_episodes) and (step == cfg.steps
                                                       or bool(cfg.eval_every) and step % cfg.eval_every == 0)
         return self.eval_owed or step == cfg.steps or step % self.ckpt_every == 0
+
+    def _ddp_gradient_step(self, batch: dict) -> tuple[torch.Tensor, dict, bool, float]:
+        """One step under DistributedDataParallel: (loss, metrics) are the means over the ranks (the whole
+        batch's), the same on every rank, and so are the gradient norm and the skip decision.
+
+        Why backward always: a rank that skipped it would leave the others waiting in the gradient
+        all-reduce; a non-finite loss anywhere makes the step skipped on every rank instead."""
+        cfg = self.cfg
+        with dist.rank_rng(int(cfg.seed), self.step_):
+            loss, metrics = self.ddp(batch)
+            keys = list(metrics)
+            means = dist.mean_scalars([loss.detach(), *(metrics[k] for k in keys)])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over the ranks
+        clip = float(cfg.grad_clip) if cfg.grad_clip else math.inf
+        gn = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        ok = math.isfinite(means[0]) and math.isfinite(gn)
+        if ok:
+            self.opt.step()
+            if self.ema is not None:
+                ema_update_(self.ema, self.policy, 1.0 - float(cfg.ema_decay))
+        self.opt.zero_grad(set_to_none=True)
+        return torch.tensor(means[0]), dict(zip(keys, means[1:], strict=True)), ok, gn
 
 
 def _finished(state: dict, cfg: DictConfig) -> bool:
@@ -445,9 +505,15 @@ def _summary(state: dict) -> dict:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one imitation-learning run; returns a summary dict."""
-    return engine.run(resolve_config(cfg), SPEC, ILLoop, _finished, _summary)
+    cfg = resolve_config(cfg)
+    if dist.active():
+        cfg.device = dist.device()  # one GPU per process: cuda:LOCAL_RANK
+    return engine.run(cfg, SPEC, ILLoop, _finished, _summary)
 
 
 def main(cfg: DictConfig) -> int:
+    if dist.requested():  # torchrun: one process of several; leaves the process when done
+        dist.launch(lambda: train(cfg), str(cfg.get("device", "auto")),
+                    float(cfg.get("ddp_timeout_minutes") or 120))
     train(cfg)
     return 0
