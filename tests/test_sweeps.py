@@ -166,7 +166,7 @@ def _rows(path: Path) -> int:
 
 def _task_pid(sweep: Path, run: Path) -> int:
     """The process of the submitit job whose run is ``run`` (its log names the run folder)."""
-    job = next(log.name.split("_")[0] for log in sweep.glob(".submitit/*/*_0_log.out")
+    job = next(log.name.split("_")[0] for log in sweep.glob(".submitit/*_0_log.out")
                if str(run) in log.read_text(errors="replace"))
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -221,7 +221,7 @@ def test_a_sweep_leaves_one_run_folder_per_job_under_the_sweep_folder(preempted_
 
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_run(preempted_sweep):
     sweep, _, ref = preempted_sweep
-    log = next(p for p in sweep.glob(".submitit/*/*_0_log.out") if str(sweep / "seed=3") in p.read_text())
+    log = next(p for p in sweep.glob(".submitit/*_0_log.out") if str(sweep / "seed=3") in p.read_text())
     text = log.read_text()
     assert "stopped (SIGUSR2): checkpoint saved" in text  # after the unit it was in
     assert "this job is preempted" in text and "Requeued job" in text

@@ -48,6 +48,9 @@ class LocalConf(LocalQueueConf):
     null (the default) shows none."""
 
     timeout_min: int = 10080  # the local controller signals a job after this long (USR2) and requeues it
+    # no %j folder per job: submitit's local controller opens its log files in the %j folder before the
+    # submitting process has created it (a race seen once in CI under load: FileNotFoundError)
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit"
 
 
 def register() -> None:
