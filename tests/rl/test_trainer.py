@@ -30,13 +30,12 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-# (tests/golden runs tdmpc, difftop online/batched and noback on states and tdmpc, difftop on pixels too)
+# (tests/golden runs tdmpc, difftop online/batched and noback on states and tdmpc, difftop on pixels;
+# test_lockstep_evaluation_equals_one_episode_at_a_time checks several eval episodes in lockstep)
 @pytest.mark.parametrize("agent,obs,extra", [
-    ("difftop", "state", ["pg_mode=online", "eval_episodes=3"]),  # 3 eval episodes in lockstep
     ("difftop", "state", ["pg_mode=batched", "init=zero", "reward_coef=0", "consistency_coef=0"]),
     ("tdmpc", "pixels", ["image_size=64", "eval_episodes=2"]),  # two renderers in lockstep
     ("difftop", "pixels", ["image_size=64", "pg_mode=batched", "qs_horizon=null"]),  # all H (auto: 1)
-    ("difftop_noback", "pixels", ["image_size=64"]),
 ])
 def test_every_agent_and_obs_trains_evaluates_and_saves(tmp_path, agent, obs, extra):
     out = tmp_path / "run"
