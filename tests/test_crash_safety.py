@@ -133,3 +133,14 @@ def test_a_checkpoint_of_the_earlier_single_file_format_evaluates_and_resumes(rl
     assert main(["rl", *RL, f"out_dir={out}", "resume=true"]) == 0
     _same_run(out, rl_ref, "rl")
     assert load_checkpoint(out, "rl")["path"].endswith("checkpoint")  # the new format from then on
+
+
+def test_a_run_killed_inside_its_first_checkpoint_write_starts_afresh(tmp_path):
+    """Only a half-written `.checkpoint.new/` (no commit record): there is no run yet, so both a plain
+    start and resume=true start it, and the leftover is cleared."""
+    out = tmp_path / "run"
+    (out / ".checkpoint.new").mkdir(parents=True)
+    (out / ".checkpoint.new" / "model.safetensors").write_bytes(b"partial")
+    args = [*IL, f"data={il_data(tmp_path / 'data.zarr')}", f"out_dir={out}"]
+    assert main([*args, "resume=true"]) == 0
+    assert load_checkpoint(out, "il")["step"] == 8 and not (out / ".checkpoint.new").exists()

@@ -16,13 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.errors import UserError
-from difftop.utils.checkpoint import (
-    CHECKPOINT,
-    LEGACY_FILE,
-    CheckpointError,
-    find_checkpoint,
-    load_checkpoint,
-)
+from difftop.utils.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 __all__ = ["RunSpec", "open_run", "explicit_keys"]
 
@@ -66,8 +60,8 @@ def _select(cfg: Any, key: str) -> Any:
 
 
 def _has_run(out: Path) -> bool:
-    return (out / CHECKPOINT).is_dir() or (out / LEGACY_FILE).is_file() or \
-        (out / ".checkpoint.new").is_dir() or (out / ".checkpoint.old").is_dir()
+    """A committed checkpoint is there (a half-written first one, cut off by a kill, is not a run)."""
+    return out.is_dir() and find_checkpoint(out) is not None
 
 
 def open_run(cfg: DictConfig, spec: RunSpec) -> tuple[DictConfig, dict | None]:
