@@ -105,16 +105,10 @@ def robomimic_obs_keys(path: str | Path) -> dict[str, tuple[tuple[int, ...], str
     """The observation keys of a robomimic file's first demo: ``{name: (per-step shape, dtype)}``."""
     import h5py
 
-    from difftop.data.hdf5_io import _demo_names
+    from difftop.data.hdf5_io import _demo_names, open_robomimic
 
     p = Path(path)
-    try:
-        f = h5py.File(p, "r")
-    except OSError as e:
-        raise UserError(f"{p}: not an hdf5 file ({e})") from e
-    with f:
-        if "data" not in f or not isinstance(f["data"], h5py.Group):
-            raise UserError(f"{p}: not a robomimic dataset: missing group data/")
+    with open_robomimic(p) as f:
         demo = f["data"][_demo_names(f["data"], p)[0]]
         obs = demo["obs"] if "obs" in demo and isinstance(demo["obs"], h5py.Group) else {}
         return {k: (tuple(obs[k].shape[1:]), str(obs[k].dtype)) for k in obs

@@ -76,6 +76,21 @@ def _demo_keys(demo: Any, next_obs: bool) -> list[str]:
     return keys
 
 
+def open_robomimic(path: Path):
+    """The hdf5 file ``path`` opened for reading, checked to hold robomimic's ``data/`` group (one
+    clear error otherwise); use it as a context manager."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise UserError(f"{path}: not an hdf5 file ({e})") from e
+    if "data" not in f or not isinstance(f["data"], h5py.Group):
+        f.close()
+        raise UserError(f"{path}: not a robomimic dataset: missing group data/")
+    return f
+
+
 def load_robomimic(
     path: str | Path, keys: Sequence[str] | None = None, next_obs: bool = False
 ) -> EpisodeData:
@@ -85,18 +100,10 @@ def load_robomimic(
     with ``next_obs=True``). Images come back ``(T, C, H, W)`` uint8. Anything missing or
     inconsistent raises :class:`UserError` naming the file and the demo.
     """
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such hdf5 dataset")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise UserError(f"{path}: not an hdf5 file ({e})") from e
-    with f:
-        if "data" not in f or not isinstance(f["data"], h5py.Group):
-            raise UserError(f"{path}: not a robomimic dataset: missing group data/")
+    with open_robomimic(path) as f:
         g = f["data"]
         names = _demo_names(g, path)
         wanted = list(keys) if keys is not None else _demo_keys(g[names[0]], next_obs)
