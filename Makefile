@@ -2,7 +2,7 @@
 # missing; every step is skipped when already done, so a ready venv costs ~1 s.
 #
 #   make venv   create .venv (python3 -m venv) and install: torch==2.13.0 (CPU), then
-#               `pip install -e '.[dev,theseus,rl,il,cluster,tracking]'`, then theseus-ai itself (it has to be built
+#               `pip install -e '.[dev,theseus,rl,il,sims,cluster,tracking]'`, then theseus-ai itself (it has to be built
 #               without build isolation against the installed torch; torch 2.13 brings the
 #               setuptools>=77 that builds it)
 #   make test   run the test suite           (PYTEST_ARGS="-k foo -x" to pass options)
@@ -34,7 +34,7 @@ venv:
 	@test -x $(VPY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@$(call installed,torch,$(TORCH_VERSION)) || $(PIP) install torch==$(TORCH_VERSION)
 	@test -f $(STAMP) || { \
-	  $(PIP) install -e '.[dev,theseus,rl,il,cluster,tracking]' && rm -f $(VENV)/.stamp-* && touch $(STAMP); }
+	  $(PIP) install -e '.[dev,theseus,rl,il,sims,cluster,tracking]' && rm -f $(VENV)/.stamp-* && touch $(STAMP); }
 	@$(call installed,theseus-ai,$(THESEUS_VERSION)) || \
 	  $(PIP) install --no-build-isolation --no-deps theseus-ai==$(THESEUS_VERSION)
 
