@@ -4,7 +4,8 @@
 #   make venv   create .venv (python3 -m venv) and install: torch==2.13.0 (CPU), then
 #               `pip install -e '.[dev,theseus,rl,il,sims,cluster,tracking]'`, then theseus-ai itself (it has to be built
 #               without build isolation against the installed torch; torch 2.13 brings the
-#               setuptools>=77 that builds it)
+#               setuptools>=77 that builds it), then Mesa 25's CPU Vulkan driver for ManiSkill
+#               (tools/fetch_mesa.sh: unpacked into .venv/vulkan, the system is not touched)
 #   make test   run the test suite           (PYTEST_ARGS="-k foo -x" to pass options)
 #   make run    run the main job: `difftop rl preset=quick` (ARGS="key=value ..." for Hydra overrides)
 #   make lint   ruff check
@@ -37,6 +38,8 @@ venv:
 	  $(PIP) install -e '.[dev,theseus,rl,il,sims,cluster,tracking]' && rm -f $(VENV)/.stamp-* && touch $(STAMP); }
 	@$(call installed,theseus-ai,$(THESEUS_VERSION)) || \
 	  $(PIP) install --no-build-isolation --no-deps theseus-ai==$(THESEUS_VERSION)
+	@test -f $(VENV)/vulkan/.stamp || tools/fetch_mesa.sh $(VENV)/vulkan || \
+	  echo "make: warning: no Vulkan driver unpacked, ManiSkill tasks unavailable (rerun tools/fetch_mesa.sh)" >&2
 
 # pytest's exit code 5 (no tests collected) is a failure too, with its own message.
 test: venv

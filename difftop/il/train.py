@@ -41,7 +41,7 @@ from difftop.utils.device import resolve_device
 
 __all__ = ["main", "train", "resolve_config", "load_policy", "fit_normalizer"]
 
-OBS_TYPES = ("state", "image")
+OBS_TYPES = ("state", "image", "pointcloud")
 TRAIN_KEYS = {"lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "constant", "lr_warmup": 0, "ema_decay": 0.0,
               "batch_size": 256}
 
@@ -147,13 +147,18 @@ def load_weights(policy: Any, path: str | Path, name: str) -> None:
 
 
 def fit_normalizer(data: Any, steps: np.ndarray, obs_keys: list[str], action_key: str = "action"):
-    """Min-max normaliser of the low-dim keys and the actions on ``steps``; images to [-1, 1]."""
+    """Min-max normaliser of the low-dim keys and the actions on ``steps``; images to [-1, 1]; point clouds
+    ``(N, D)`` per channel over all points (as DP3: a per-point-index range would mean nothing, since
+    farthest-point sampling orders the points arbitrarily)."""
     from difftop.data.normalizer import Normalizer
 
     arrays, modes = {}, {}
     for k in [*obs_keys, action_key]:
         image = data[k].ndim == 4 and data[k].dtype == np.uint8
         arrays[k] = data[k][steps[:1]] if image else data[k][steps]
+        if data[k].ndim == 3 and not image:  # (steps, N, D) points: the (2, D) channel range fits (D,)
+            flat = arrays[k].reshape(-1, arrays[k].shape[-1])
+            arrays[k] = np.stack([flat.min(0), flat.max(0)])
         modes[k] = "image" if image else "minmax"
     return Normalizer.fit(arrays, modes)
 

@@ -21,10 +21,13 @@ from difftop.errors import UserError
 def demo_task_spec(name: str) -> str:
     """The ``"module:Class"`` of task ``name``'s demo task (its ``expert`` in :mod:`difftop.tasks`); a
     UserError listing the tasks that have one otherwise."""
-    from difftop.tasks import TASKS, get_task
+    from difftop.tasks import FAMILIES, TASKS, family_of, get_task
 
+    if family_of(name) and get_task(name).expert:  # metaworld-<name>: its family's error when unknown
+        return get_task(name).expert
     with_expert = sorted(n for n in TASKS if get_task(n).expert)
     if name not in with_expert:
+        with_expert += [f"{p}<name>" for p in sorted(FAMILIES)]
         raise UserError(f"no expert for task {name!r}; valid tasks: {', '.join(with_expert)}")
     return get_task(name).expert
 

@@ -1,0 +1,50 @@
+"""ManiSkill3 tabletop tasks on the CPU: ``maniskill-pickcube``, ``maniskill-stackcube``,
+``maniskill-peginsertionside``.
+
+- ``obs=pointcloud``: ``{"point_cloud": (1200, 6), "agent_pos": (D,)}`` (the paper's 1200 points; xyz in
+  the world frame + rgb, background/ground/table removed by segmentation; see :mod:`difftop.envs.maniskill`);
+- ``obs=state``: ``{"state": (S,)}``, ManiSkill's privileged flat state.
+
+Actions are ``pd_joint_pos`` (8,), the motion planner's (:mod:`difftop.il.experts.maniskill_experts`).
+Every env needs the Vulkan driver that ``make venv`` unpacks (``tools/fetch_mesa.sh``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from difftop.tasks.base import Task
+
+__all__ = ["PEGINSERTIONSIDE", "PICKCUBE", "STACKCUBE"]
+
+
+def _make_env(name: str, obs_type: str, max_steps: int, image_size: int | None = None) -> Any:
+    from difftop.envs.maniskill import make_maniskill
+
+    return make_maniskill(name, obs_type, max_steps)  # image_size: the clouds' camera is the task's
+
+
+def _env_obs(obs: Any, obs_type: str) -> dict[str, np.ndarray]:
+    if obs_type == "state":
+        return {"state": obs["state"]}
+    return {"point_cloud": obs["point_cloud"], "agent_pos": obs["agent_pos"]}
+
+
+def _task(name: str, expert: str, description: str) -> Task:
+    return Task(
+        name=f"maniskill-{name}",
+        obs_keys={"pointcloud": ("point_cloud", "agent_pos"), "state": ("state",)},
+        make_env=functools.partial(_make_env, name),
+        env_obs=_env_obs,
+        expert=f"difftop.il.experts.maniskill_experts:{expert}",
+        description=description,
+    )
+
+
+PICKCUBE = _task("pickcube", "PickCubeDemoTask", "ManiSkill3 PickCube-v1: lift a cube to a goal position")
+STACKCUBE = _task("stackcube", "StackCubeDemoTask", "ManiSkill3 StackCube-v1: stack a cube on another")
+PEGINSERTIONSIDE = _task("peginsertionside", "PegInsertionSideDemoTask",
+                         "ManiSkill3 PegInsertionSide-v1: insert a peg sideways into a box's hole")
