@@ -45,12 +45,14 @@ CONFIG_DIR: Path = Path(__file__).resolve().parent / "configs"
 #: command words -> (Hydra config name relative to CONFIG_DIR, "module.path:function")
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "trajopt"): ("bench_trajopt", "difftop.bench.trajopt:main"),
+    ("bench", "trajopt-family"): ("bench_trajopt_family", "difftop.bench.trajopt_family:main"),
     ("demos",): ("demos", "difftop.il.demos:main"),
     ("il",): ("il", "difftop.il.train:main"),
     ("il-landscape",): ("il_landscape", "difftop.il.landscape:main"),
     ("plot",): ("plot", "difftop.plot:main"),
     ("rl",): ("rl", "difftop.rl.trainer:main"),
     ("bench", "rl"): ("bench_rl", "difftop.bench.rl:main"),
+    ("bench", "il"): ("bench_il", "difftop.bench.il:main"),
     ("eval",): ("rl_eval", "difftop.evaluate:main"),
     ("data", "convert"): ("data_convert", "difftop.data.convert:main"),
 }
@@ -58,10 +60,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 #: Optional one-line descriptions shown by ``difftop --help``.
 HELP: dict[tuple[str, ...], str] = {
     ("bench", "trajopt"): "benchmark the differentiable trajectory-optimization layer",
+    ("bench", "trajopt-family"): "the layer with its defaults vs Theseus on a held-out family of problems",
     ("demos",): "generate successful expert demonstrations (task=pusht) into a zarr replay buffer",
     ("il",): "train an imitation policy (difftop, bc, bc_rnn, diffusion, ibc, residual) on demos (resumable)",
     ("il-landscape",): "plot a DiffTOP IL policy's learned objective over a 2-D action (paper Fig. 5)",
     ("bench", "rl"): "training env-steps/s of TD-MPC and DiffTOP agents, in one process",
+    ("bench", "il"): "training steps/s of each imitation policy on images, and where a step's time goes",
     ("rl",): "train TD-MPC / DiffTOP on a DeepMind Control task (resumable)",
     ("eval",): "evaluate a saved checkpoint (RL: mean +- std return; IL: success rate, coverage) with videos",
     ("plot",): "learning curves (mean +- std over seeds): RL returns vs env steps and wall-clock, IL metrics",

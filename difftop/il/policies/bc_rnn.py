@@ -22,7 +22,7 @@ from torch import nn
 
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
-from difftop.il.policies.bc import build_encoder, recent_obs
+from difftop.il.policies.bc import build_encoder, normalize_obs, recent_obs
 from difftop.il.policies.registry import register_policy
 from difftop.nn.mlp import mlp
 
@@ -76,7 +76,7 @@ class BCRNNPolicy(Policy):
 
     def _gmm(self, obs: Mapping[str, torch.Tensor], state=None):
         """GMM parameters (normalised units) per step of raw ``obs`` ``{key: (B, L, ...)}``, and the state."""
-        out, state = self.rnn(self.encoder(self.normalizer(obs)), state)
+        out, state = self.rnn(self.encoder(normalize_obs(self.normalizer, obs)), state)
         k, m = self.num_modes, self.shape_meta.action_dim
         raw = self.head(out)
         logits, means, scales = raw.split([k, k * m, k * m], -1)

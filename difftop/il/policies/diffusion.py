@@ -27,7 +27,7 @@ from torch import nn
 
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
-from difftop.il.policies.bc import action_window, build_encoder, recent_obs
+from difftop.il.policies.bc import action_window, build_encoder, normalize_obs, recent_obs
 from difftop.il.policies.registry import register_policy
 from difftop.nn.mlp import mlp
 
@@ -189,7 +189,7 @@ class DiffusionPolicy(Policy):
         self.prediction_type = prediction_type
 
     def _cond(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        nobs = self.normalizer(recent_obs(obs, self.shape_meta.obs_horizon, self.encoder.keys))
+        nobs = normalize_obs(self.normalizer, recent_obs(obs, self.shape_meta.obs_horizon, self.encoder.keys))
         return self.encoder(nobs).flatten(1)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

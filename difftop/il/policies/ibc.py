@@ -27,6 +27,7 @@ from difftop.il.policies.bc import (
     base_actions,
     build_encoder,
     freeze,
+    normalize_obs,
     recent_obs,
 )
 from difftop.il.policies.registry import register_policy
@@ -127,7 +128,7 @@ class IBCPolicy(Policy):
         return self
 
     def _features(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        nobs = self.normalizer(recent_obs(obs, self.shape_meta.obs_horizon, self.encoder.keys))
+        nobs = normalize_obs(self.normalizer, recent_obs(obs, self.shape_meta.obs_horizon, self.encoder.keys))
         return self.encoder(nobs).flatten(1)
 
     def energy(self, feats: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

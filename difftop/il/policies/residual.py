@@ -23,7 +23,14 @@ from torch import nn
 
 from difftop.errors import UserError
 from difftop.il.policies.base import Policy, ShapeMeta
-from difftop.il.policies.bc import action_window, base_actions, build_encoder, freeze, recent_obs
+from difftop.il.policies.bc import (
+    action_window,
+    base_actions,
+    build_encoder,
+    freeze,
+    normalize_obs,
+    recent_obs,
+)
 from difftop.il.policies.registry import register_policy
 from difftop.nn.mlp import mlp
 
@@ -85,7 +92,8 @@ class ResidualPolicy(Policy):
                  base: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised actions ``(B, Ta, m)``; ``base``: the base's (cached) normalised actions."""
         base = self._base(obs, stateless) if base is None else base
-        feats = self.encoder(self.normalizer(recent_obs(obs, self.obs_steps, self.encoder.keys))).flatten(1)
+        nobs = normalize_obs(self.normalizer, recent_obs(obs, self.obs_steps, self.encoder.keys))
+        feats = self.encoder(nobs).flatten(1)
         delta = self.delta(torch.cat([feats, base.flatten(1)], -1))
         return base + delta.view_as(base)
 
