@@ -94,3 +94,11 @@ def test_the_solve_probes_run_on_a_difftop_run(rl_runs, capsys):
     assert spread[run][2] != "" and spread[rl_runs["tdmpc"]][2] == "", out  # a warm start: DiffTOP's only
     assert "actions, batch vs alone (identical latents)" in out
     assert "| 3 | memory |" in out and "| 3 | exact |" in out
+
+
+def test_bounds_gradient_measures_every_option(rl_runs, capsys):
+    run = rl_runs["difftop"]
+    _probe("bounds_gradient", run, "--states", "2")
+    rows = _rows(capsys.readouterr().out, run)
+    assert [r[1] for r in rows] == ["project", "tanh", "sigmoid", "barrier", "lm_refine", "official"]
+    assert all(0.0 <= float(r[2]) <= 1.0 for r in rows)

@@ -8,6 +8,8 @@ RL (state runs: a run directory with its checkpoint and, for most, its replay bu
 - ``action_spread``: how much training-time actions vary on the same state (exploration).
 - ``batch_rounding``: whether an evaluation solve's action depends on the batch it is solved in.
 - ``pg_gradient_quality``: the PG gradient through solves cut short against converged ones.
+- ``bounds_gradient``: how often the PG gradient is exactly zero under each ``trajopt.bounds`` option and the
+  release's LM refinement (issue 31).
 - ``memory_cap_probe``: the L-BFGS-memory implicit gradient with a capped condition number.
 - ``reacher_buffer_stats``: where reacher-easy runs spent their training time (replay buffers).
 - ``solve_stats``, ``model_losses``: per-run summaries of train.csv (solves, PG steps, model losses).

@@ -46,13 +46,15 @@ DMC_TASKS: tuple[str, ...] = (
     "cartpole-swingup",
 )
 
-#: TD-MPC's action repeat per dm-control domain; every other domain uses DEFAULT_ACTION_REPEAT.
+#: Action repeat per dm-control domain; every other domain uses DEFAULT_ACTION_REPEAT. cartpole, finger and
+#: walker are TD-MPC's (its cfgs/tasks); cheetah, ball_in_cup and pendulum at 2 are DiffTORI's choice (its
+#: cfgs/tasks; TD-MPC uses 4 there).
 ACTION_REPEAT: dict[str, int] = {
     "cartpole": 8,
-    "cheetah": 2,
-    "ball_in_cup": 2,
+    "cheetah": 2,  # DiffTORI's (TD-MPC: 4)
+    "ball_in_cup": 2,  # DiffTORI's (TD-MPC: 4)
     "finger": 2,
-    "pendulum": 2,
+    "pendulum": 2,  # DiffTORI's (TD-MPC: 4)
     "walker": 2,
 }
 DEFAULT_ACTION_REPEAT = 4
@@ -76,7 +78,8 @@ def task_key(task: str) -> str:
 
 
 def default_action_repeat(task: str) -> int:
-    """TD-MPC's action repeat for ``task`` (8 cartpole; 2 cheetah, cup, finger, pendulum, walker; else 4)."""
+    """The action repeat for ``task``: 8 cartpole, 2 finger/walker, else 4 (TD-MPC's), but 2 for cheetah, cup
+    and pendulum (DiffTORI's choice)."""
     key = task_key(task)
     for domain, repeat in ACTION_REPEAT.items():
         if key.startswith(task_key(domain + "-")):

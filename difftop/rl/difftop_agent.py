@@ -5,7 +5,11 @@ Acting: a* = argmax_{a_0..a_H} sum_{t<H} gamma^t R(z_t, a_t) + gamma^H Q(z_H, a_
 z_{t+1} = d(z_t, a_t), z_0 = h(s), solved by :class:`difftop.trajopt.TrajOpt` from the rollout of
 pi (``init=pi``) or from zeros (``init=zero``, the paper's Fig. 4 ablation). The planning horizon
 H follows TD-MPC's schedule; the min over the twin latent Q is smoothed (``q_tau``) so the optimum
-does not sit on a kink.
+does not sit on a kink. ``terminal=pi`` optimises H actions with terminal min Q(z_H, pi(z_H)) instead
+(the official release's objective, TD-MPC's ``estimate_value``): Q's action input is then not a free
+variable of the solve. ``mppi_steps``: TD-MPC's MPPI acts for the first agent steps (the release: 6000).
+``variant=official`` (configs/variant/official.yaml, :func:`resolve_variant`) sets all of the release's
+choices at once.
 
 Structure: :class:`DiffTOPAgent` is TD-MPC's :class:`~difftop.rl.tdmpc.WorldModel` (TOLD and its
 learning) composed with a :class:`TrajOptActor`, which holds the solve, Q_s and the policy gradient.
@@ -20,9 +24,11 @@ Learning: everything TD-MPC learns, plus
 - the policy-gradient loss  c0 * -min(Q_s1, Q_s2)(s, a*_0(theta))  back-propagated through the
   solve into the encoder, dynamics, reward and latent Q (never into Q_s or pi). ``pg_mode``:
   ``online``: on every training acting step (the official scheme); gradients are accumulated
-  over the episode (as a mean; the official code sums them in ``.grad``) and applied by one step
-  of a separate Adam at the episode's end, before that episode's TD-MPC updates, which run after
-  the episode here as in the official loop. The accumulation lives in its own buffers rather than
+  over the episode (``pg_reduce``: their mean, or their sum as the official code accumulates them
+  in ``.grad``) and applied by one step of a separate Adam at the episode's end, before that
+  episode's TD-MPC updates, which run after the episode, here as in the official loop (its
+  ``update2`` after the last acting step, then ``update``; the updates clear the gradients only
+  after the PG step used them). The accumulation lives in its own buffers rather than
   in ``.grad``, so it also stays intact where updates do interleave with acting (``difftop bench
   rl`` runs one update per acting step, and every update clears the model's gradients).
   ``batched``: on ``pg_batch_size`` states of every replay minibatch, added to the TD-MPC
@@ -38,17 +44,50 @@ from typing import Any
 import torch
 from torch import nn
 
+from difftop.errors import UserError
 from difftop.nn.critic import ObsCritic
 from difftop.nn.ema import ema_update_
+from difftop.rl.mppi import estimate_value
 from difftop.rl.replay import Batch
 from difftop.rl.schedules import linear_schedule
-from difftop.rl.tdmpc import Actor, Agent, Prepared, TDMPCAgent, WorldModel, clipped_step
+from difftop.rl.tdmpc import Actor, Agent, MPPIActor, Prepared, TDMPCAgent, WorldModel, clipped_step
 from difftop.trajopt import TrajOptConfig, latent_objective, smooth_min
 
-__all__ = ["DiffTOPAgent", "INITS", "PG_MODES", "TrajOptActor", "make_agent", "resolve_qs_horizon"]
+__all__ = ["DiffTOPAgent", "INITS", "PG_MODES", "TERMINALS", "TrajOptActor", "VARIANTS", "make_agent",
+           "resolve_qs_horizon", "resolve_variant"]
 
 PG_MODES = ("online", "batched", "none")
 INITS = ("pi", "zero")
+TERMINALS = ("action", "pi")
+VARIANTS = ("difftop", "official")
+
+
+def resolve_variant(cfg: Any) -> None:
+    """``variant=official``: fill the release's per-task settings (``official.tasks.<task>``, else
+    ``official.default``) where the config leaves them null: ``action_repeat``, ``trajopt.max_iters``,
+    ``trajopt.options.step_size`` and ``.damping``. A value given on the command line is kept. In place."""
+    variant = cfg.get("variant", "difftop")
+    if variant not in VARIANTS:
+        raise UserError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    for key, choices in (("terminal", TERMINALS), ("pg_reduce", ("mean", "sum"))):
+        if cfg.get(key) is not None and cfg.get(key) not in choices:
+            raise UserError(f"{key} must be one of {', '.join(choices)}, got {cfg.get(key)!r}")
+    if variant != "official":
+        return
+    table = cfg.get("official") or {}
+    row = (table.get("tasks") or {}).get(str(cfg.task)) or table.get("default")
+    if row is None:
+        raise UserError("variant=official needs official.default (configs/variant/official.yaml)")
+    if cfg.get("action_repeat") is None:
+        cfg.action_repeat = int(row["action_repeat"])
+    t = cfg.trajopt
+    if t.get("max_iters") is None:
+        t.max_iters = int(row["max_iters"])
+    if t.get("options") is None:
+        t.options = {}
+    for key in ("step_size", "damping"):
+        if t.options.get(key) is None:
+            t.options[key] = float(row[key])
 
 
 def resolve_qs_horizon(value: Any, pixels: bool) -> Any:
@@ -71,6 +110,13 @@ class TrajOptActor(Actor):
             raise ValueError(f"pg_mode must be one of {list(PG_MODES)}, got {cfg.pg_mode!r}")
         if cfg.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {cfg.init!r}")
+        self.terminal = cfg.get("terminal") or "action"
+        if self.terminal not in TERMINALS:
+            raise ValueError(f"terminal must be one of {list(TERMINALS)}, got {self.terminal!r}")
+        self.pg_reduce = cfg.get("pg_reduce") or "mean"
+        self.mppi_steps = int(cfg.get("mppi_steps") or 0)
+        # TD-MPC's planner for the first mppi_steps agent steps (the release's warm-up), else none
+        self.mppi = MPPIActor(world_model, action_dim) if self.mppi_steps > 0 else None
         self.pg_mode = cfg.pg_mode
         self.action_dim = int(action_dim)
         self.pixels = world_model.pixels
@@ -79,6 +125,7 @@ class TrajOptActor(Actor):
                                 obs_type="pixels" if self.pixels else "state",
                                 shared_encoder=cfg.get("critic_shared_encoder")).to(world_model.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.null_critic = self._null_critic(obs_shape, action_dim) if cfg.get("pg_null") else None
         # One optimizer for the TD losses (TOLD + Q_s), as the official release.
         world_model.add_td_parameters(self.critic.parameters())
         m = self.model  # the PG reaches everything the objective depends on, never pi
@@ -111,15 +158,17 @@ class TrajOptActor(Actor):
 
     def objective(self, z0: torch.Tensor):
         m, tau = self.model, self.q_tau
+        if self.terminal == "pi":  # H actions, terminal min Q(z_H, pi(z_H)) (the release's)
+            gamma = self.cfg.discount
+            return lambda actions: estimate_value(m, z0, actions.transpose(0, 1), gamma).squeeze(-1)
         return latent_objective(z0, m.dynamics, m.reward,
                                 terminal=lambda z, a: smooth_min(*m.Q(z, a), tau=tau),
                                 gamma=self.cfg.discount, batch_rewards=True)
 
     def solve(self, z0: torch.Tensor, step: int, explore: bool, record: bool = True) -> torch.Tensor:
-        """a* (B, H+1, m) for latents z0 (B, latent); differentiable when grad mode is on.
-
-        ``record``: count the solve in the training metrics (evaluation solves are not)."""
-        T = self.planning_horizon(step) + 1
+        """a* (B, H+1, m) for latents z0 (B, latent) ((B, H, m) with ``terminal=pi``); differentiable
+        when grad mode is on. ``record``: count the solve in the training metrics (evaluation's are not)."""
+        T = self.planning_horizon(step) + (self.terminal == "action")
         init = self._init_actions(z0, T, explore)
         a, info = self.trajopt(self.objective(z0), init)
         if not record:
@@ -131,6 +180,8 @@ class TrajOptActor(Actor):
         return a
 
     def act(self, obs: torch.Tensor, *, step: int, t0: bool) -> torch.Tensor:
+        if self.mppi is not None and step < self.mppi_steps:
+            return self.mppi.act(obs, step=step, t0=t0)
         if self.pg_mode == "online":
             a = self._online_pg(obs, step)
         else:
@@ -143,11 +194,33 @@ class TrajOptActor(Actor):
 
     def act_batch(self, obs: torch.Tensor, *, step: int, t0: bool) -> torch.Tensor:
         """One batched solve for B states (no exploration, not logged)."""
+        if self.mppi is not None and step < self.mppi_steps:
+            return self.mppi.act_batch(obs, step=step, t0=t0)
         return self.solve(self.model.h(obs), step, explore=False, record=False)[:, 0]
 
     # ------------------------------------------------------ policy gradient
+    def _null_critic(self, obs_shape, action_dim: int) -> ObsCritic:
+        """``pg_null=true`` (a null control, issue 31): a frozen Q_s with random weights (its zero-initialised
+        heads included), drawn from its own seed so the run's random streams are untouched. The PG loss then
+        has the structure of DiffTOP's but no information about the task."""
+        c = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(c.seed) + 7919)
+            critic = ObsCritic(tuple(obs_shape), action_dim, latent_dim=c.latent_dim, mlp_dim=c.mlp_dim,
+                               enc_dim=c.enc_dim, num_channels=c.num_channels,
+                               obs_type="pixels" if self.pixels else "state",
+                               shared_encoder=c.get("critic_shared_encoder"))
+            with torch.no_grad():
+                for p in critic.parameters():
+                    if not bool(p.any()):
+                        p.normal_(0.0, 0.1)
+        return critic.to(self.world_model.device).requires_grad_(False)
+
     def _pg_loss(self, obs: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
-        """c0 * -min(Q_s1, Q_s2)(s, a*_0), per sample; Q_s's own parameters get no gradient."""
+        """c0 * -min(Q_s1, Q_s2)(s, a*_0), per sample; Q_s's own parameters get no gradient
+        (``pg_null``: the frozen random Q_s of :meth:`_null_critic` instead)."""
+        if self.null_critic is not None:
+            return -self.cfg.c0 * torch.min(*self.null_critic(obs, a0))
         self.critic.requires_grad_(False)
         try:
             q = torch.min(*self.critic(obs, a0))
@@ -170,12 +243,14 @@ class TrajOptActor(Actor):
         return a.detach()[0]
 
     def end_episode(self) -> dict[str, float]:
-        """The online PG step: the episode's mean PG gradient, clipped, one step of ``pg_optim``."""
+        """The online PG step: the episode's mean (``pg_reduce=sum``: summed) PG gradient, clipped, one
+        step of ``pg_optim``."""
         out = self._solve_summary()
         if self.pg_mode != "online" or self._pg_count == 0:
             return out
+        scale = 1.0 if self.pg_reduce == "sum" else 1.0 / self._pg_count
         for p, acc in zip(self.pg_params, self._pg_acc):
-            p.grad = acc / self._pg_count
+            p.grad = acc * scale
         norm, ok = clipped_step(self.pg_optim, self.pg_params, self.cfg.pg_grad_clip_norm)
         self.skipped_steps += not ok
         out.update({"pg_loss": self._pg_loss_sum / self._pg_count, "pg_grad_norm": norm})
@@ -228,14 +303,20 @@ class TrajOptActor(Actor):
 
     # ------------------------------------------------------------ persistence
     def modules(self) -> dict[str, nn.Module]:
-        return {"critic": self.critic, "critic_target": self.critic_target}
+        out = {"critic": self.critic, "critic_target": self.critic_target}
+        if self.null_critic is not None:
+            out["null_critic"] = self.null_critic
+        return out
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"pg_optim": self.pg_optim}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "pg_acc": self._pg_acc, "pg_count": self._pg_count,
-                "pg_loss_sum": self._pg_loss_sum, "solve_stats": dict(self._solve_stats)}
+        out = {**super().state_dict(), "pg_acc": self._pg_acc, "pg_count": self._pg_count,
+               "pg_loss_sum": self._pg_loss_sum, "solve_stats": dict(self._solve_stats)}
+        if self.mppi is not None:
+            out["mppi"] = self.mppi.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -243,6 +324,8 @@ class TrajOptActor(Actor):
         self._pg_count = int(state.get("pg_count", 0))
         self._pg_loss_sum = float(state.get("pg_loss_sum", 0.0))
         self._solve_stats = dict(state.get("solve_stats") or {"iters": 0.0, "flagged": 0.0, "n": 0})
+        if self.mppi is not None and state.get("mppi") is not None:
+            self.mppi.load_state_dict(state["mppi"])
 
 
 class DiffTOPAgent(Agent):

@@ -49,9 +49,10 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if cfg.obs not in OBS:
         raise UserError(f"unknown obs {cfg.obs!r}; choose one of: {', '.join(OBS)}")
     from difftop.envs import default_action_repeat, task_key
-    from difftop.rl.difftop_agent import resolve_qs_horizon
+    from difftop.rl.difftop_agent import resolve_qs_horizon, resolve_variant
 
     cfg.task = task_key(str(cfg.task))  # UserError listing the valid tasks if unknown
+    resolve_variant(cfg)  # variant=official: the release's per-task settings where null
     if cfg.action_repeat is None:
         cfg.action_repeat = default_action_repeat(cfg.task)
     pixels = cfg.obs == "pixels"

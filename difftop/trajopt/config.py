@@ -18,13 +18,15 @@ from typing import Any
 from difftop.errors import UserError
 from difftop.utils.checks import require_int, require_number
 
+from .bounds import BOUNDS
 from .layer import BACKWARD_MODES, THESEUS_OPTIONS, UNCONVERGED_MODES, TrajOpt
+from .refine import REFINE_OPTIONS
 from .solvers import SOLVERS
 
 __all__ = ["TrajOptConfig", "SOLVER_NAMES", "IMPLICIT_SOLVERS"]
 
 #: every solver name a config may give (the layer's own solvers, then the optional Theseus backend)
-SOLVER_NAMES = (*SOLVERS, "theseus")
+SOLVER_NAMES = (*SOLVERS, "theseus", "lm_refine")
 IMPLICIT_SOLVERS = ("auto", "dense", "cg")
 
 # option -> (kind, lower bound, lower bound open): the checks of the values `options` may hold.
@@ -32,9 +34,10 @@ _NUMBER_OPTIONS: dict[str, tuple[float | None, bool]] = {
     "armijo": (0.0, True), "max_step": (0.0, True), "sign_step": (0.0, True), "eig_floor": (0.0, True),
     "damping": (0.0, False), "implicit_fallback": (0.0, True), "implicit_eig_floor": (0.0, True),
     "cg_tol": (0.0, True), "step_size": (0.0, True), "residual_offset": (None, False),
-    "abs_err_tolerance": (0.0, False), "rel_err_tolerance": (0.0, False),
+    "abs_err_tolerance": (0.0, False), "rel_err_tolerance": (0.0, False), "ftol_grad": (0.0, False),
 }
 _INT_OPTIONS = {"max_backtracks": 1, "memory": 1, "sign_iters": 0, "max_damping_tries": 1, "cg_max_iters": 1,
+                "ftol_window": 1, "sync_every": 1,
                 "dense_max_batch": 0}
 _BOOL_OPTIONS = ("reduced", "clamp_in_cost")
 _OPTIONAL = ("max_step", "cg_tol", "cg_max_iters")  # null means "the default rule"
@@ -47,6 +50,8 @@ def _solver_options(solver: str) -> tuple[str, ...]:
     layer's implicit-backward knobs; for theseus, the backend's."""
     if solver == "theseus":
         return THESEUS_OPTIONS
+    if solver == "lm_refine":
+        return REFINE_OPTIONS
     names: list[str] = []
     for cls in SOLVERS[solver].__mro__:
         if "__init__" in vars(cls):
@@ -76,10 +81,12 @@ class TrajOptConfig:
     solver: lbfgs | pgd | newton | lm | theseus; backward: implicit | unroll | truncated | none;
     max_iters (>= 0), tol (>= 0), ftol (>= 0), backward_iters (>= 0): as TrajOpt;
     implicit_solver: auto | dense | cg; implicit_unconverged: memory | exact;
+    bounds: project | tanh | sigmoid | barrier, bounds_weight (>= 0): as TrajOpt (difftop.trajopt.bounds);
     options: further options of the chosen solver (lbfgs: memory, sign_iters, sign_step, reduced;
     newton: eig_floor; lm: damping, max_damping_tries; any of these: max_backtracks, armijo, max_step,
     implicit_fallback, implicit_eig_floor, cg_tol, cg_max_iters, dense_max_batch; theseus: step_size,
-    damping, residual_offset, clamp_in_cost, abs_err_tolerance, rel_err_tolerance).
+    damping, residual_offset, clamp_in_cost, abs_err_tolerance, rel_err_tolerance; lm_refine: step_size,
+    damping, residual_offset, clamp_in_cost).
     Defaults are TrajOpt's. ``where`` (not stored) is the config path used in error messages.
     """
 
@@ -87,10 +94,12 @@ class TrajOptConfig:
     backward: str = "implicit"
     max_iters: int = 50
     tol: float = 1e-5
-    ftol: float = 0.0
+    ftol: float = 3e-2
     backward_iters: int = 5
     implicit_solver: str = "auto"
     implicit_unconverged: str = "memory"
+    bounds: str = "project"
+    bounds_weight: float = 1e-3
     options: dict[str, Any] = field(default_factory=dict)
     where: InitVar[str] = "trajopt"
 
@@ -103,6 +112,11 @@ class TrajOptConfig:
         require_int(f"{where}.backward_iters", self.backward_iters, minimum=0)
         _choice(f"{where}.implicit_solver", self.implicit_solver, IMPLICIT_SOLVERS)
         _choice(f"{where}.implicit_unconverged", self.implicit_unconverged, UNCONVERGED_MODES)
+        _choice(f"{where}.bounds", self.bounds, BOUNDS)
+        require_number(f"{where}.bounds_weight", self.bounds_weight, low=0.0)
+        if self.solver == "lm_refine" and self.backward == "implicit":
+            raise UserError(f"{where}.backward=implicit does not apply to lm_refine (never converged); "
+                            "use truncated, unroll or none")
         options = _plain(self.options) if self.options is not None else {}
         if not isinstance(options, dict):
             raise UserError(f"{where}.options must be a mapping of solver options, got {self.options!r}")

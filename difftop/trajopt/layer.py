@@ -11,10 +11,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .bounds import BOUNDS, wrap_bounds
 from .box import Box
 from .evaluate import Problem
 from .implicit import cg_solver, dense_solver, implicit_output, memory_solver
 from .info import IMPLICIT_INEXACT, INIT_REPLACED, NONFINITE_INIT, TrajOptInfo
+from .refine import REFINE_OPTIONS, lm_refine
 from .solvers import Solver, make_solver, run_solver
 
 BACKWARD_MODES = ("implicit", "unroll", "truncated", "none")
@@ -53,12 +55,21 @@ class TrajOpt(nn.Module):
       sample's unit of J: 1 when its initial scale max(|J|, |proj grad|_inf) is within [1e-5, 1e5]
       (every well-scaled problem: the absolute rule, iteration for iteration), else that initial scale,
       so that c * J solves to the argmax of J for any c (solvers.base.objective_scale).
-    ftol: a sample also stops, not converged, once an accepted step raised J by at most
-      ftol * max(u, |J|) (the objective no longer improves meaningfully); 0 (default) disables it.
+    ftol: a sample also stops, not converged, once J rose by at most ftol * max(u, |J|) over the last
+      `ftol_window` iterations (solver option, 3) while its projected gradient stayed above `ftol_grad`
+      (solver option, 0.8) times its value then: a stalled solve stops, a converging one goes on to tol
+      (solvers.base.run_solver). 0 disables it. Default 3e-2, chosen on a tuning family of problems and
+      reported on a held-out one (difftop bench trajopt-family, results/trajopt/README.md).
+      Solver option sync_every=k > 1: the fixed-shape (GPU-friendly) iteration path, same results.
     solver_options: of the solver, e.g. lbfgs: memory (8), sign_iters (4: the first iterations are
       per-coordinate sign steps, see solvers.first_order.LBFGS), sign_step (0.125 of the box width);
       theseus: step_size, damping, residual_offset, clamp_in_cost, abs_err_tolerance, rel_err_tolerance
-      (its max_iters and backward_iters are this layer's).
+      (its max_iters and backward_iters are this layer's); lm_refine (the release's short LM refinement in
+      plain torch, difftop.trajopt.refine): step_size, damping, residual_offset, clamp_in_cost.
+    bounds: how the box enters the problem (difftop.trajopt.bounds): "project" (default; projection and an
+      active set: a variable held at a bound has derivative 0), "tanh" / "sigmoid" (a smooth
+      reparameterisation with a -bounds_weight/2 ||u||^2 regulariser), "barrier" (J + bounds_weight * log
+      barrier): interior solutions whose derivative survives at the bounds.
 
     Degenerate inputs have a defined outcome: float16/bfloat16 actions are solved in float32 (see
     _low_precision); an empty batch (B = 0) returns empty actions and an empty info without calling the
@@ -72,7 +83,8 @@ class TrajOpt(nn.Module):
                  implicit_fallback: float = 1.0, implicit_eig_floor: float = 1e-8,
                  cg_tol: float | None = None, cg_max_iters: int | None = None,
                  low: float | Tensor = -1.0, high: float | Tensor = 1.0, dense_max_batch: int = 16,
-                 implicit_unconverged: str = "memory", ftol: float = 0.0, **solver_options):
+                 implicit_unconverged: str = "memory", ftol: float = 3e-2, bounds: str = "project",
+                 bounds_weight: float = 1e-3, **solver_options):
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__", "solver_options")}
         super().__init__()
         self._settings = {**settings, **solver_options}  # what replace() starts from
@@ -84,6 +96,11 @@ class TrajOpt(nn.Module):
         if implicit_unconverged not in UNCONVERGED_MODES:
             raise ValueError(f"implicit_unconverged must be one of {list(UNCONVERGED_MODES)}, "
                              f"got {implicit_unconverged!r}")
+        if bounds not in BOUNDS:
+            raise ValueError(f"trajopt: unknown bounds {bounds!r}; choose one of {list(BOUNDS)}")
+        if not bounds_weight >= 0:
+            raise ValueError("trajopt: bounds_weight must be >= 0")
+        self.bounds, self.bounds_weight = bounds, float(bounds_weight)  # see difftop.trajopt.bounds
         if max_iters < 0 or backward_iters < 0 or not ftol >= 0:
             raise ValueError("max_iters, backward_iters and ftol must be >= 0")
         self.solver_name = solver
@@ -110,6 +127,15 @@ class TrajOpt(nn.Module):
                                  f"{', '.join(THESEUS_OPTIONS)} (and max_iters, backward_iters, tol)")
             theseus_backend._import_theseus()  # fail now, with the install instructions
             self.solver: Solver | None = None
+        elif solver == "lm_refine":  # the release's LM refinement (difftop.trajopt.refine), no Solver object
+            unknown = sorted(set(solver_options) - set(REFINE_OPTIONS))
+            if backward == "implicit":
+                raise ValueError("trajopt: solver 'lm_refine' never converges: no implicit gradient; "
+                                 "use backward=truncated (the release's), unroll or none")
+            if unknown:
+                raise ValueError(f"trajopt: solver 'lm_refine' has no option {unknown[0]!r}; its options are "
+                                 f"{', '.join(REFINE_OPTIONS)} (and max_iters, backward_iters)")
+            self.solver = None
         else:
             self.solver = make_solver(solver, **solver_options)
 
@@ -120,7 +146,7 @@ class TrajOpt(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"solver={self.solver_name}, backward={self.backward}, max_iters={self.max_iters}, "
-                f"tol={self.tol}")
+                f"tol={self.tol}, bounds={self.bounds}")
 
     def forward(self, objective: Callable[[Tensor], Tensor], init: Tensor, low=None, high=None
                 ) -> tuple[Tensor, TrajOptInfo]:
@@ -136,9 +162,14 @@ class TrajOpt(nn.Module):
             # "converged". Refuse rather than return a silently wrong answer.
             raise RuntimeError("trajopt: the solvers need autograd for gradients with respect to the "
                                "actions, which torch.inference_mode() disables; use torch.no_grad()")
+        if self.bounds != "project":  # solve a transformed problem, map its solution back (bounds.py)
+            w = wrap_bounds(self.bounds, objective, init, low, high, self.bounds_weight)
+            objective, init, low, high = w.objective, w.init, w.low, w.high
         if init.dtype in LOW_PRECISION:
-            return self._low_precision(objective, init, low, high)
-        return self._solve(objective, init, low, high, self.tol)
+            x, info = self._low_precision(objective, init, low, high)
+        else:
+            x, info = self._solve(objective, init, low, high, self.tol)
+        return (x, info) if self.bounds == "project" else (w.finish(x), info)
 
     def _solve(self, objective: Callable[[Tensor], Tensor], init: Tensor, low, high, tol: float
                ) -> tuple[Tensor, TrajOptInfo]:
@@ -156,6 +187,14 @@ class TrajOpt(nn.Module):
             # samples start from the box centre instead and are flagged INIT_REPLACED.
             replaced = ~torch.isfinite(x0.detach()).all(-1)
             x0 = torch.where(replaced.unsqueeze(-1), box.centre(), x0)
+        if self.solver_name == "lm_refine":
+            x, info = lm_refine(objective, x0.reshape(shape), box, max_iters=self.max_iters,
+                                backward_iters=self.max_iters if mode == "unroll" else self.backward_iters,
+                                graph=mode != "none",
+                                backward=mode, **self.solver_options)
+            if replaced is not None:
+                info.status |= torch.where(replaced, INIT_REPLACED, 0)
+            return x, info
         if self.solver is None:  # theseus backend: layers cached per batch shape inside
             from .theseus_backend import solve_theseus
 

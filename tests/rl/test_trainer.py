@@ -129,7 +129,8 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "trajopt.tol must be a number, got 'abc'" in capsys.readouterr().err
     assert _run(tmp_path / "a", "agent=difftop", "trajopt.solver=foo") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: trajopt.solver must be one of lbfgs, pgd, newton, lm, theseus, got 'foo'")
+    assert err.startswith("error: trajopt.solver must be one of lbfgs, pgd, newton, lm, theseus, lm_refine, "
+                          "got 'foo'")
     assert len(err.splitlines()) == 1
     out = tmp_path / "b"
     assert _run(out, "agent=tdmpc", "steps=200", "eval_every=200", "video=false") == 0

@@ -49,9 +49,11 @@ def test_omegaconf_nodes_are_accepted():
 
 LB = "trajopt.options.damping is not an option of solver lbfgs; valid: memory"
 BAD = [
-    ({"solver": "foo"}, "trajopt.solver must be one of lbfgs, pgd, newton, lm, theseus, got 'foo'"),
+    ({"solver": "foo"}, "trajopt.solver must be one of lbfgs, pgd, newton, lm, theseus, lm_refine, "
+                        "got 'foo'"),
     ({"slover": "lm"}, "trajopt.slover is not a trajopt setting; valid: solver, backward, max_iters, tol, "
-                       "ftol, backward_iters, implicit_solver, implicit_unconverged, options"),
+                       "ftol, backward_iters, implicit_solver, implicit_unconverged, bounds, bounds_weight, "
+                       "options"),
     ({"backward": "implicit_cg"}, "trajopt.backward must be one of implicit, unroll, truncated, none, "
                                   "got 'implicit_cg'"),
     ({"max_iters": -1}, "trajopt.max_iters must be an integer >= 0, got -1"),

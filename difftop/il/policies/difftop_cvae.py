@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from difftop.il.policies.base import Policy, ShapeMeta
-from difftop.il.policies.bc import build_encoder, freeze, recent_obs
+from difftop.il.policies.bc import build_encoder, freeze, normalize_obs, recent_obs
 from difftop.il.policies.registry import register_policy
 from difftop.nn.mlp import mlp
 from difftop.trajopt import TrajOptConfig, TrajOptInfo, latent_objective
@@ -38,6 +38,11 @@ from difftop.trajopt import TrajOptConfig, TrajOptInfo, latent_objective
 __all__ = ["DiffTOPPolicy", "INITS", "kl_to_standard_normal"]
 
 INITS = ("base", "zero", "random")
+#: the choices of loss_weighting: "paper" is eq. 9 as printed (summed squared error + beta KL);
+#: "official" is the release's policy/difftori.py:
+#: 3000 * mean squared error over every action element + 10 * KL summed over the latent, batch mean.
+LOSS_WEIGHTINGS = ("paper", "official")
+OFFICIAL_ACTION_WEIGHT, OFFICIAL_KL_WEIGHT = 3000.0, 10.0
 
 
 def _two(hidden: int | Sequence[int]) -> tuple[int, ...]:
@@ -87,6 +92,10 @@ class DiffTOPPolicy(Policy):
             untrained policy returns its initialisation (a base policy's action) exactly and training
             refines it, instead of starting from a random displacement.
         beta: KL coefficient (Table 7: 1); gamma: discount of the objective.
+        loss_weighting: ``"paper"`` (``||a - a*||^2`` summed over the plan + ``beta`` KL) or ``"official"``
+            (the release's ``3000 * mean squared error + 10 * KL``, ``beta`` unused). Why offer it: relative
+            to the summed error the release's KL weight is ``10 * H m / 3000`` (0.007 for Push-T's H m = 2),
+            against ``beta = 1`` here, where our posterior collapsed (issue 31).
         sample_latent: at test time draw z~ ~ N(0, I) (paper) or use its mean 0.
         solver, backward, max_iters, tol, trajopt: :class:`TrajOpt` settings (extra keywords in
             ``trajopt``); Table 7: 100 iterations.
@@ -98,8 +107,13 @@ class DiffTOPPolicy(Policy):
                  mlp_hidden: int = 512, beta: float = 1.0, gamma: float = 0.99, prox: float = 0.1,
                  zero_init_f: bool = True, sample_latent: bool = True, solver: str = "lbfgs",
                  backward: str = "implicit",
-                 max_iters: int = 100, tol: float = 1e-5, trajopt: Mapping[str, Any] | None = None):
+                 max_iters: int = 100, tol: float = 1e-5, trajopt: Mapping[str, Any] | None = None,
+                 loss_weighting: str = "paper"):
         super().__init__(shape_meta)
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
+                             f"got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if init == "base" and base is None:
@@ -160,7 +174,7 @@ class DiffTOPPolicy(Policy):
     # -- pieces (also used by the landscape plot) ---------------------------------------------
     def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
         """``z_s = h_o(s)`` for raw observations ``(B, To, ...)`` (own history: the last ``enc_horizon``)."""
-        nobs = self.normalizer(recent_obs(obs, self.enc_horizon, self.obs_encoder.keys))
+        nobs = normalize_obs(self.normalizer, recent_obs(obs, self.enc_horizon, self.obs_encoder.keys))
         return self.h_o(self.obs_encoder(nobs).flatten(1))
 
     def posterior(self, z_s: Tensor, a_star: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,7 +266,12 @@ class DiffTOPPolicy(Policy):
         # (not indexing) so that no NaN of a failed sample reaches the others' gradients.
         ok = ~info.failed & torch.isfinite(mse) & torch.isfinite(kl)
         n_ok = ok.sum()
-        per = torch.where(ok, mse + self.beta * kl, torch.zeros_like(mse))
+        if self.loss_weighting == "official":  # 3000 * mean over every element + 10 * batch mean of KL
+            per_el = mse / (H * a_star.shape[-1])
+            term = OFFICIAL_ACTION_WEIGHT * per_el + OFFICIAL_KL_WEIGHT * kl
+        else:
+            term = mse + self.beta * kl
+        per = torch.where(ok, term, torch.zeros_like(mse))
         loss = per.sum() / n_ok if bool(n_ok) else mse.new_tensor(float("nan"))
         s = info.summary()
         mse, kl = mse.detach(), kl.detach()
@@ -260,6 +279,8 @@ class DiffTOPPolicy(Policy):
             "mse": float(mse[ok].mean()) if bool(n_ok) else math.nan,
             "kl": float(kl[ok].mean()) if bool(n_ok) else math.nan,
             "init_mse": float((init - a_star).pow(2).sum((1, 2)).mean()),
+            # how far the solve moved the initialisation, per action element (0: no refinement learned)
+            "refine_abs": float((plan.detach() - init).abs().mean()),
             # per action element, as BC / Residual report their "mse" (the two above sum over H x m)
             "action_mse": float(mse[ok].mean()) / (H * a_star.shape[-1]) if bool(n_ok) else math.nan,
             "solve_iters": s["iterations"],
