@@ -52,6 +52,12 @@ class State:
     extra: dict = field(default_factory=dict)  # solver memory (L-BFGS pairs, damping, ...)
 
 
+def plain(t: Tensor) -> Tensor:
+    """t without its graph: t.detach(), skipped (one dispatcher call less) when t has none, as in the
+    graph-free iterations, where the bookkeeping would otherwise detach ~15 tensors per iteration."""
+    return t.detach() if t.requires_grad else t
+
+
 def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Per-sample select: rows of a where mask (B,), else rows of b."""
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
@@ -73,10 +79,26 @@ class Solver:
     name = "base"
     needs_hessian = False
 
-    def __init__(self, max_backtracks: int = 12, armijo: float = 1e-4, max_step: float | None = None):
+    def __init__(self, max_backtracks: int = 12, armijo: float = 1e-4, max_step: float | None = None,
+                 ftol_window: int = 3, ftol_grad: float = 0.8, sync_every: int = 1):
+        if int(ftol_window) < 1 or int(sync_every) < 1:
+            raise ValueError("ftol_window and sync_every must be >= 1")
+        if not ftol_grad >= 0:
+            raise ValueError("ftol_grad must be >= 0")
         self.max_backtracks = int(max_backtracks)
         self.armijo = float(armijo)
         self.max_step = max_step  # cap on the inf-norm of a step; default: the box width
+        # the layer's ftol rule (run_solver): iterations over which the objective's improvement is
+        # measured, and the factor by which the projected gradient must have fallen over them for a
+        # sample with a small improvement to go on (a converging solve) rather than stop (a stalled one)
+        self.ftol_window = int(ftol_window)
+        self.ftol_grad = float(ftol_grad)
+        # 1: the reference path, which skips work no sample needs (a device sync per test). k > 1: the
+        # fixed-shape path for accelerators: every iteration runs the same ops on the whole batch, with
+        # per-sample masks instead of data-dependent branches (no host sync inside an iteration, so a
+        # block of k iterations can be captured as one CUDA graph or compiled), and run_solver looks for
+        # samples still running only every k iterations. Same iterates as the reference path.
+        self.sync_every = int(sync_every)
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self, prob: Problem, x: Tensor, create_graph: bool):
@@ -96,10 +118,21 @@ class Solver:
         st.extra = self.init_memory(st, box, prob.scale)
         return st, ok
 
+    @property
+    def warmup_iters(self) -> int:
+        """First iterations the ftol rule does not measure from (lbfgs: its sign steps, which make
+        progress at a fixed pace that says nothing about whether the solve has stalled)."""
+        return 0
+
+    @property
+    def branchless(self) -> bool:
+        """True on the fixed-shape path (sync_every > 1): compute for every sample, select by mask."""
+        return self.sync_every > 1
+
     def sanitize(self, st: State, ok: Tensor, x0: Tensor) -> State:
         """Keep NaN/inf of failed samples out of the linear algebra (a NaN matrix can make a
         batched eigendecomposition raise for the whole batch)."""
-        if bool(ok.all()):
+        if not self.branchless and bool(ok.all()):
             return st
         x = where_rows(ok, st.x, x0)
         J = torch.where(ok, st.J, torch.zeros_like(st.J))
@@ -217,26 +250,39 @@ def converged_mask(box: Box, st: State, tol: float, unit: Tensor | None = None
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """(converged, projected-gradient inf-norm, fixed mask) of every sample: converged when
     ||proj g||_inf <= tol * max(unit, |J|), unit the sample's objective_scale (None: 1)."""
-    g = st.g.detach()
-    fixed = box.fixed_mask(st.x.detach(), g)
+    g = plain(st.g)
+    fixed = box.fixed_mask(plain(st.x), g)
     pgn = g.masked_fill(fixed, 0.0).abs().amax(-1)
-    mag = st.J.detach().abs()
+    mag = plain(st.J).abs()
     mag = mag.clamp(min=1.0) if unit is None else torch.maximum(mag, unit)
     return pgn <= tol * mag, pgn, fixed
 
 
 def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters: int, tol: float,
                graph_iters: int = 0, unroll: bool = False, record_last: bool = False,
-               ftol: float = 0.0) -> Result:
+               ftol: float = 0.0, trace: list | None = None) -> Result:
     """Iterate until every sample has converged, stalled or failed, or max_iters.
 
     unroll: every iteration builds a graph (backward="unroll").
     graph_iters: after the graph-free solve, that many more iterations with a graph for every
     healthy sample, converged or not (backward="truncated").
-    record_last: the evaluations of iteration max_iters keep their graph in prob.recorded (for the
-    implicit backward, which needs the graph of the gradient at the solution).
-    ftol: a sample also stops (not converged) once an accepted step raised J by at most
-    ftol * max(1, |J|): the objective no longer improves meaningfully. 0 disables it.
+    record_last: every evaluation of the graph-free solve keeps its graph in prob.recorded, each
+    replacing the one before (for the implicit backward, which needs the graph of the gradient at the
+    solution). Why every one and not only iteration max_iters': a solve stopped early by tol or ftol
+    ends on an accepted step (and inactive samples are evaluated where they stand), so the last
+    evaluation is usually at the solution and the backward need not evaluate the objective again
+    (one evaluation less of the fixed cost); keeping the graph costs no more than discarding it.
+    ftol: a sample also stops (not converged) after an accepted step at iteration k >= w +
+    solver.warmup_iters that left J
+    at most ftol * max(unit, |J_{k-w}|) above its value w = solver.ftol_window iterations earlier while
+    its projected gradient's inf-norm stayed above solver.ftol_grad times its value then: the objective
+    has stopped improving and the solve is not converging (a solve that is, its gradient falling
+    fast, goes on to tol; ftol_grad=0 drops that test). Rejected trials count as iterations, so a
+    window > 1 lets a step shortened after a rejection make up for it. 0 disables the rule.
+    trace: a list that receives each sample's objective (B,) at the start and after every iteration
+    of the graph-free solve, then, as its last item, the list of the projected gradients' inf-norms at
+    the same points (the benchmark's time-to-objective curves and stopping-rule replay; None, the
+    default, costs nothing).
     """
     B = x0.shape[0]
     dev = x0.device
@@ -245,10 +291,15 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     # A failed sample is left at its projected init (the point that was evaluated): the returned
     # actions are within the bounds even for an init outside the box.
     x_start = box.project(x0 if unroll else x0.detach())
+    prob.record = record_last and not unroll
     st, ok = solver.init_state(prob, box, x_start, create_graph=unroll)
     status |= torch.where(ok, 0, NONFINITE_INIT)
     ok_init = ok
     unit = prob.scale
+    trace_pgn: list[Tensor] = []
+    if trace is not None:
+        trace.append(st.J.detach().clone())
+        trace_pgn.append(converged_mask(box, st, 0.0, unit)[1])
     nograd = prob.no_action_grad
     if nograd:  # J does not depend on the actions: nothing to solve; not "converged" at the init
         status |= NO_ACTION_GRADIENT
@@ -260,24 +311,36 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     flag_nonfinite = torch.tensor(NONFINITE_STEP, device=dev)
     zero = torch.zeros((), dtype=torch.long, device=dev)
 
+    window, grad_ratio = solver.ftol_window, solver.ftol_grad
+    history: list[tuple[Tensor, Tensor]] = []  # (J, proj. grad norm) at the last window+1 iterates
+    moved = torch.zeros_like(ok)  # accepted at the last iteration
+
     def loop(st, n_iters, create_graph, force_active):
-        nonlocal live, status
+        nonlocal live, status, moved
         force = None
         for i in range(n_iters):
-            conv, _, fixed = converged_mask(box, st, tol, unit)
+            conv, pgn, fixed = converged_mask(box, st, tol, unit)
+            if ftol > 0 and not force_active:
+                history.append((plain(st.J), pgn))
+                if len(history) > window:  # the samples iterate in lockstep: index = iterations ago
+                    J_ref, pgn_ref = history.pop(0)
+                    if i - window >= solver.warmup_iters:
+                        small = moved & (plain(st.J) - J_ref <= ftol * torch.maximum(J_ref.abs(), unit))
+                        if grad_ratio > 0:
+                            small = small & (pgn > grad_ratio * pgn_ref)
+                        live = live & ~small
             active = ok if force_active else live & ~conv
-            if not bool(active.any()):
+            if i % solver.sync_every == 0 and not bool(active.any()):
                 break
             if force_active and force is None:
                 force = conv
-            prob.record = record_last and not force_active and i == n_iters - 1
-            J_before = st.J.detach()
+            prob.record = record_last and not force_active
             st, moved, stall, nonfin, damped = solver.step(prob, box, st, active, create_graph, force,
                                                            fixed=fixed)
-            if ftol > 0 and not force_active:
-                small = st.J.detach() - J_before <= ftol * torch.maximum(J_before.abs(), unit)
-                stall = stall | (moved & small)
             iters.add_(active)
+            if trace is not None and not force_active:
+                trace.append(st.J.detach().clone())
+                trace_pgn.append(converged_mask(box, st, tol, unit)[1])
             if damped is not None:
                 status |= torch.where(damped & active, flag_damped, zero)
             status |= torch.where(nonfin, flag_nonfinite, zero)  # solvers flag active samples only
@@ -286,6 +349,8 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
         return st
 
     st = loop(st, max_iters, unroll, False)
+    if trace is not None:
+        trace.append(trace_pgn)
     prob.record = False
     if prob.no_action_grad and not nograd:  # lost its dependence on the actions mid-solve
         status |= NO_ACTION_GRADIENT

@@ -14,14 +14,14 @@ from torch import Tensor
 
 from ..box import Box
 from ..evaluate import Problem
-from .base import Solver, State, all_finite, rounding_accept, where_rows
+from .base import Solver, State, all_finite, plain, rounding_accept, where_rows
 
 
 def _initial_alpha(gF: Tensor, box: Box, g_floor: Tensor) -> Tensor:
     """First step without curvature information: move at most half a box width (or 1).
     g_floor: (B,) the smallest gradient norm divided by, 1e-12 units of J (see _floors)."""
     reach = (0.5 * box.width.amax(-1)).clamp(max=1.0)
-    return reach / torch.maximum(gF.detach().abs().amax(-1), g_floor)
+    return reach / torch.maximum(plain(gF).abs().amax(-1), g_floor)
 
 
 def _floors(unit: Tensor) -> dict:
@@ -104,6 +104,10 @@ class LBFGS(Solver):
         self.sign_iters = int(sign_iters)
         self.sign_step = float(sign_step)
 
+    @property
+    def warmup_iters(self) -> int:
+        return self.sign_iters
+
     def init_memory(self, st: State, box: Box, unit: Tensor) -> dict:
         B, n = st.x.shape
         M = self.memory
@@ -150,9 +154,10 @@ class LBFGS(Solver):
         g = gamma.view(-1, 1, 1)
         qc = q.unsqueeze(-1)
         u = torch.linalg.solve_triangular(R, S @ qc, upper=True)
-        w = SY.diagonal(dim1=1, dim2=2).unsqueeze(-1) * u + g * (Y @ (Y.transpose(1, 2) @ u) - Y @ qc)
+        Ytu = Y.transpose(1, 2) @ u
+        w = SY.diagonal(dim1=1, dim2=2).unsqueeze(-1) * u + g * (Y @ Ytu - Y @ qc)
         t = torch.linalg.solve_triangular(R.transpose(1, 2), w, upper=False)
-        return (g * qc + S.transpose(1, 2) @ t - g * (Y.transpose(1, 2) @ u)).squeeze(-1)
+        return (g * qc + S.transpose(1, 2) @ t - g * Ytu).squeeze(-1)
 
     def _quasi_newton_trial(self, mem: dict, box: Box, gF: Tensor, fixed: Tensor, forced: Tensor | None,
                             new_dir: Tensor):
@@ -160,7 +165,7 @@ class LBFGS(Solver):
         d = self.apply_inverse(mem, gF, (~fixed).to(gF.dtype) if self.reduced else None)
         d = d.masked_fill(fixed, 0.0)
         has_pairs = mem["valid"].any(-1)
-        ascent = (gF.detach() * d.detach()).sum(-1) > 0
+        ascent = (plain(gF) * plain(d)).sum(-1) > 0
         # Forced (differentiated, truncated-mode) steps at a solution use the memory as it is: its
         # ascent test is on rounding noise there, and 1/|g| step scaling (below) would blow the
         # derivative of the step up like 1/|g|; without pairs they take the step gamma * g.
@@ -179,7 +184,7 @@ class LBFGS(Solver):
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
              force: Tensor | None = None, fixed: Tensor | None = None):
         mem = dict(st.extra)
-        xd, gd = st.x.detach(), st.g.detach()
+        xd, gd = plain(st.x), plain(st.g)
         if fixed is None:
             fixed = box.fixed_mask(xd, gd)
         forced = None if force is None else active & force
@@ -198,7 +203,7 @@ class LBFGS(Solver):
         if quasi is not None:
             new_dir = quasi & ~mem["retry"] if forced is None else quasi & (~mem["retry"] | forced)
             d, alpha = mem["d"], mem["alpha"]
-            if bool(new_dir.any()):
+            if self.branchless or bool(new_dir.any()):
                 gF = st.g.masked_fill(fixed, 0.0)
                 d, alpha, stale = self._quasi_newton_trial(mem, box, gF, fixed, forced, new_dir)
             step = alpha.unsqueeze(-1) * d
@@ -210,27 +215,28 @@ class LBFGS(Solver):
             step = sign_step if quasi is None else where_rows(sign, sign_step, step)
         xt = box.project(st.x + step * active.unsqueeze(-1))
         Jt, gt, _ = self.evaluate(prob, xt, create_graph)
-        Jt_d, J0, gt_d = Jt.detach(), st.J.detach(), gt.detach()
+        Jt_d, J0, gt_d = plain(Jt), plain(st.J), plain(gt)
         fin = all_finite(Jt_d, gt_d)
         s_g = xt - st.x
-        s = s_g.detach()
+        s = plain(s_g)
         gs = (gd * s).sum(-1)
         ok = active & fin & (Jt_d >= J0 + self.armijo * gs.clamp(min=0)) & ((gs > 0) | (Jt_d > J0))
         maybe = active & fin & ~ok
-        if bool(maybe.any()):
+        if self.branchless or bool(maybe.any()):
             ok = ok | (maybe & rounding_accept(J0, Jt_d, gs, (gt_d * s).sum(-1), mem["unit"]))
         if forced is not None:
             ok = ok | (forced & fin)
-        new = replace(st, x=where_rows(ok, xt, st.x), J=torch.where(ok, Jt, st.J), g=where_rows(ok, gt, st.g))
-        # A rejected trial is retried next iteration from the same point, shortened to the maximiser of
-        # the quadratic through J0, the slope g.s and Jt, kept in [0.1, 0.5] (Nocedal & Wright 3.5).
-        curv = J0 + gs - Jt_d
-        shrink = torch.where(fin & (curv > 0), gs / (2 * curv.clamp(min=1e-300)), 0.5)
-        shrink = torch.nan_to_num(shrink, nan=0.5).clamp(0.1, 0.5)
         rejected = active & ~ok
+        shrink = None  # (B,) factor of a rejected trial's step; only computed when some trial was rejected
+        if self.branchless or bool(rejected.any()):
+            # A rejected trial is retried next iteration from the same point, shortened to the maximiser of
+            # the quadratic through J0, the slope g.s and Jt, kept in [0.1, 0.5] (Nocedal & Wright 3.5).
+            curv = J0 + gs - Jt_d
+            shrink = torch.where(fin & (curv > 0), gs / (2 * curv.clamp(min=1e-300)), 0.5)
+            shrink = torch.nan_to_num(shrink, nan=0.5).clamp(0.1, 0.5)
         if quasi is not None:
             mem["retry"] = quasi & ~ok
-            mem["alpha"] = torch.where(mem["retry"], alpha * shrink, alpha)
+            mem["alpha"] = alpha if shrink is None else torch.where(mem["retry"], alpha * shrink, alpha)
             mem["d"] = d
         mem["nrej"] = (mem["nrej"] + rejected).masked_fill(ok, 0)
         stall = rejected & (mem["nrej"] >= self.max_backtracks)
@@ -238,22 +244,27 @@ class LBFGS(Solver):
             self._update_sign_state(mem, sign & ok, sign & rejected, gd, gt_d, shrink)
         # No pair from a forced step: s and y are rounding noise there and 1/s.y would carry a
         # derivative ~ 1/(s.y)^2 into the next differentiated step (gradients off by 1e6 and more).
-        self._update_pairs(mem, ok if forced is None else ok & ~forced, stale, s_g, st.g, gt, create_graph)
-        return replace(new, extra=mem), ok, stall, active & ~fin, None
+        self._update_pairs(mem, ok if forced is None else ok & ~forced, stale, s_g, st.g, gt, create_graph,
+                           self.branchless)
+        new = State(x=where_rows(ok, xt, st.x), J=torch.where(ok, Jt, st.J), g=where_rows(ok, gt, st.g),
+                    H=st.H, extra=mem)
+        return new, ok, stall, active & ~fin, None
 
     @staticmethod
-    def _update_sign_state(mem: dict, acc: Tensor, rej: Tensor, g: Tensor, gt: Tensor, shrink: Tensor):
-        """Rprop: lengthen D_i while g_i keeps its sign, halve it on a flip; shorten a rejected step."""
+    def _update_sign_state(mem: dict, acc: Tensor, rej: Tensor, g: Tensor, gt: Tensor, shrink: Tensor | None):
+        """Rprop: lengthen D_i while g_i keeps its sign, halve it on a flip; shorten a rejected step
+        (shrink None: no trial was rejected)."""
         D = mem["D"]
         prod = g * gt
         flip = prod < 0
         grown = torch.where(prod > 0, torch.minimum(D * 1.2, mem["D_max"]), torch.where(flip, D * 0.5, D))
-        mem["D"] = where_rows(acc, grown, where_rows(rej, D * shrink.unsqueeze(-1), D))
+        kept = D if shrink is None else where_rows(rej, D * shrink.unsqueeze(-1), D)
+        mem["D"] = where_rows(acc, grown, kept)
         mem["hold"] = where_rows(acc, flip, mem["hold"])
 
     @staticmethod
     def _update_pairs(mem: dict, accepted: Tensor, stale: Tensor | None, s: Tensor, g: Tensor, gt: Tensor,
-                      create_graph: bool):
+                      create_graph: bool, branchless: bool = False):
         """Append the curvature pair of f = -J where it is positive (f locally convex), oldest dropped.
 
         The test s.y > (1e-10 / unit) y.y is relative to J's unit: the absolute s.y > 1e-10 y.y rejected
@@ -263,13 +274,13 @@ class LBFGS(Solver):
         y = g - gt
         sy_g = (s * y).sum(-1)  # keeps the graph when unrolling (the memory then depends on theta)
         yy_g = (y * y).sum(-1)
-        sy, yy = sy_g.detach(), yy_g.detach()
+        sy, yy = plain(sy_g), plain(yy_g)
         good = accepted & (sy > mem["pair"] * yy)  # false where y = 0 (then s.y = 0)
-        if not bool(good.any()):
+        if not branchless and not bool(good.any()):
             mem["valid"] = valid
             return
         if not create_graph:
-            s, y, sy_g, yy_g = s.detach(), y.detach(), sy, yy
+            s, y, sy_g, yy_g = plain(s), plain(y), sy, yy
         mem["S"] = where_rows(good, torch.cat([mem["S"][:, 1:], s.unsqueeze(1)], 1), mem["S"])
         mem["Y"] = where_rows(good, torch.cat([mem["Y"][:, 1:], y.unsqueeze(1)], 1), mem["Y"])
         mem["valid"] = where_rows(good, torch.cat([valid[:, 1:], good.unsqueeze(1)], 1), valid)

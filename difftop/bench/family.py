@@ -1,0 +1,126 @@
+"""A family of TD-MPC-sized planning problems, drawn independently of the fixed benchmark problem.
+
+Why: `difftop bench trajopt` times one problem, with an iteration count picked on that problem; a
+user's problem differs (horizon, action dimension, warm start, scale of the learned heads, hard or
+smooth min). The family draws such problems from a seeded generator, one split to tune the layer's
+defaults on and a held-out split (other seeds, other shapes) to report them on, so that a default is
+never judged on the problems it was chosen on.
+
+Independence from bench/problem.py: own seeds, observation sizes, head initialisation (scaled normal
+instead of orthogonal, non-zero biases) and warm starts (pi's rollout, zeros, uniform, pi plus noise).
+Trained checkpoints would join the family through `checkpoints` (none exist under results/ today).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from difftop.nn import TOLD
+from difftop.trajopt import latent_objective, smooth_min
+
+INITS = ("policy", "zeros", "uniform", "noisy")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One problem of the family: everything needed to rebuild it bit for bit."""
+
+    name: str
+    seed: int
+    horizon: int  # action steps optimised (1: the terminal value only)
+    action_dim: int
+    obs_dim: int
+    head_gain: float  # std of the heads' last layer is head_gain / sqrt(fan_in)
+    q_tau: float  # 0: hard min(Q1, Q2); > 0: smooth minimum
+    init: str  # warm start, one of INITS
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def draw(split: str, n: int, *, seed: int, horizons: tuple[int, int], action_dims: tuple[int, int],
+         head_gains, q_taus, inits=INITS) -> list[Spec]:
+    """n problems of one split. Horizons and action dims are spread over their ranges (stratified, then
+    shuffled), the other factors cycle through their lists in a seeded order, so a small family still
+    covers every value."""
+    rng = random.Random(f"{split}-{seed}")
+    lo_h, hi_h = horizons
+    lo_m, hi_m = action_dims
+    hs = [lo_h + round(i * (hi_h - lo_h) / max(n - 1, 1)) for i in range(n)]
+    ms = [lo_m + round(i * (hi_m - lo_m) / max(n - 1, 1)) for i in range(n)]
+    rng.shuffle(ms)
+
+    def cycle(values) -> list:
+        values = list(values)
+        order = [values[i % len(values)] for i in range(n)]
+        rng.shuffle(order)
+        return order
+
+    gains, taus, starts = cycle(head_gains), cycle(q_taus), cycle(inits)
+    out = []
+    for i in range(n):
+        s = rng.randrange(1 << 30)
+        out.append(Spec(name=f"{split}{i}", seed=s, horizon=hs[i], action_dim=ms[i],
+                        obs_dim=rng.randrange(8, 41), head_gain=float(gains[i]), q_tau=float(taus[i]),
+                        init=str(starts[i])))
+    return out
+
+
+@dataclass
+class FamilyProblem:
+    """A built problem at one batch size: model, observations and warm start."""
+
+    spec: Spec
+    model: TOLD
+    obs: Tensor  # (B, obs_dim)
+    gamma: float = 0.99
+
+    def terminal(self, z: Tensor, a: Tensor) -> Tensor:
+        q1, q2 = self.model.Q(z, a)
+        return smooth_min(q1, q2, tau=self.spec.q_tau)
+
+    def objective(self, z0: Tensor):
+        m = self.model
+        return latent_objective(z0, m.dynamics, m.reward, self.terminal, gamma=self.gamma, batch_rewards=True)
+
+    def init(self, z0: Tensor) -> Tensor:
+        """The warm start (B, H, m) of the spec's kind; random ones are seeded by the spec."""
+        B, H, m = z0.shape[0], self.spec.horizon, self.spec.action_dim
+        with torch.no_grad():
+            if self.spec.init == "zeros":
+                return z0.new_zeros(B, H, m)
+            g = torch.Generator().manual_seed(self.spec.seed + 1)
+            if self.spec.init == "uniform":
+                return (2 * torch.rand(B, H, m, generator=g) - 1).to(z0)
+            z, acts = z0, [self.model.pi(z0)]
+            for _ in range(H - 1):
+                z = self.model.dynamics(z, acts[-1])
+                acts.append(self.model.pi(z))
+            a = torch.stack(acts, 1)
+            if self.spec.init == "noisy":
+                a = (a + 0.3 * torch.randn(B, H, m, generator=g).to(a)).clamp(-1, 1)
+            return a
+
+
+def build(spec: Spec, batch: int, *, latent_dim: int = 50, mlp_dim: int = 512, dtype=torch.float32
+          ) -> FamilyProblem:
+    """The spec's problem at `batch` observations (the model does not depend on the batch size)."""
+    if spec.init not in INITS:
+        raise ValueError(f"family: init must be one of {INITS}, got {spec.init!r}")
+    torch.manual_seed(spec.seed)
+    model = TOLD((spec.obs_dim,), spec.action_dim, latent_dim=latent_dim, mlp_dim=mlp_dim)
+    g = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for head in (model.reward_net, *model.q_nets):
+            last = head[-1]
+            std = spec.head_gain / math.sqrt(last.weight.shape[1])
+            last.weight.copy_(std * torch.randn(last.weight.shape, generator=g))
+            last.bias.copy_(0.1 * spec.head_gain * torch.randn(last.bias.shape, generator=g))
+    model = model.to(dtype)
+    obs = torch.randn(batch, spec.obs_dim, generator=g).to(dtype)
+    return FamilyProblem(spec=spec, model=model, obs=obs)
