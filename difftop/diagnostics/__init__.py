@@ -10,6 +10,8 @@ RL (state runs: a run directory with its checkpoint and, for most, its replay bu
 - ``pg_gradient_quality``: the PG gradient through solves cut short against converged ones.
 - ``bounds_gradient``: how often the PG gradient is exactly zero under each ``trajopt.bounds`` option and the
   release's LM refinement (issue 31).
+- ``fixed_data_paired``: from one checkpoint and its replay buffer, the same minibatches with and without the
+  PG loss through the solve, both agents then scored on the same episodes (issue 31).
 - ``memory_cap_probe``: the L-BFGS-memory implicit gradient with a capped condition number.
 - ``reacher_buffer_stats``: where reacher-easy runs spent their training time (replay buffers).
 - ``solve_stats``, ``model_losses``: per-run summaries of train.csv (solves, PG steps, model losses).
@@ -17,7 +19,8 @@ RL (state runs: a run directory with its checkpoint and, for most, its replay bu
 - ``conv_layout_timing``: TD-MPC's conv stack in NCHW vs channels-last on the CPU.
 - ``buffer_gather_timing``: a pixel minibatch gathered on the host vs by torch indexing.
 - ``act_op_counts``: tensor ops (and host syncs) per act, a planning figure for GPUs.
-- ``rl_table``: final returns per task and agent over seeds, and paired differences.
+- ``rl_table``: final returns per task and agent over seeds, and paired differences (each DiffTOP arm with its
+  no-backward twin, with a bootstrap interval).
 
 IL (Push-T runs: a run directory with its checkpoint):
 

@@ -7,6 +7,14 @@ the last step returns ``truncated=True``). Observations are the flattened dm-con
 (``obs="state"``) or the last ``frame_stack`` rendered frames, channel-first uint8
 (``obs="pixels"``). dm_control is imported only when an environment is built, so that importing
 this module (and registering the gymnasium ids) stays cheap.
+
+``distractors=k`` (states only) appends k predictable dimensions that the reward ignores (issue 31's
+objective-mismatch setting: a model trained to predict spends capacity on them, and Q_s sees them). They
+come from ceil(k/2) unit oscillators: oscillator j turns by ``omega_j = 2 pi / (8 + 5 j)`` rad per agent
+step from a phase ``phi_j`` drawn uniformly at every seeded reset (from the reset seed, so an episode is
+reproducible), and fills dims ``2j, 2j+1`` with ``cos(omega_j t + phi_j), sin(omega_j t + phi_j)`` (t: agent
+steps since the reset; an odd k keeps the cosine of the last one). Each pair follows the rotation
+``(c, s)_{t+1} = R(omega_j) (c, s)_t``, so the next distractors are a linear function of the current ones.
 """
 
 from __future__ import annotations
@@ -60,6 +68,22 @@ ACTION_REPEAT: dict[str, int] = {
 DEFAULT_ACTION_REPEAT = 4
 
 OBS_TYPES: tuple[str, ...] = ("state", "pixels")
+
+#: mixed with the reset seed for the distractor phases (an RNG stream of their own: dm-control's is untouched)
+DISTRACTOR_STREAM = 0xD157
+
+
+def distractor_frequencies(k: int) -> np.ndarray:
+    """The angular frequencies (rad per agent step) of the ceil(k/2) oscillators behind k distractors:
+    ``2 pi / (8 + 5 j)``: periods of 8, 13, 18, ... agent steps, distinct, so no two pairs move alike."""
+    return 2 * np.pi / (8.0 + 5.0 * np.arange((int(k) + 1) // 2))
+
+
+def distractor_values(k: int, phase: np.ndarray, t: int) -> np.ndarray:
+    """The k distractor dims at agent step ``t`` of an episode whose oscillators start at ``phase``."""
+    angle = distractor_frequencies(k) * t + phase
+    return np.stack([np.cos(angle), np.sin(angle)], 1).ravel()[:k].astype(np.float32)
+
 
 ENV_ID_PREFIX = "difftop/dmc-"
 
@@ -154,7 +178,12 @@ class DMCEnv(gym.Env):
         episode_length: int = 1000,
         render_size: int = 256,
         render_mode: str | None = "rgb_array",
+        distractors: int = 0,
     ) -> None:
+        if isinstance(distractors, bool) or not isinstance(distractors, (int, np.integer)) or distractors < 0:
+            raise UserError(f"distractors must be an integer >= 0, got {distractors!r}")
+        if distractors and obs != "state":
+            raise UserError(f"distractors={distractors} needs obs=state (they extend the state vector)")
         if obs not in OBS_TYPES:
             raise UserError(f"unknown observation type obs={obs!r}; choose one of: {', '.join(OBS_TYPES)}")
         if render_mode not in (None, "rgb_array"):
@@ -185,6 +214,9 @@ class DMCEnv(gym.Env):
         self.camera_id = 2 if domain == "quadruped" else 0
         self._seed = int(seed)
         self._seeded = False
+        self.distractors = int(distractors)
+        self._phase = np.zeros((self.distractors + 1) // 2)
+        self._distractor_rng = np.random.default_rng([self._seed, DISTRACTOR_STREAM])
         # No dm-control time limit: this wrapper counts the steps itself (episode_length).
         self._env = suite.load(domain, name, task_kwargs={"random": self._seed, "time_limit": float("inf")})
 
@@ -193,7 +225,7 @@ class DMCEnv(gym.Env):
         self._act_high = np.asarray(spec.maximum, dtype=np.float64) * np.ones(spec.shape)
         self.action_space = spaces.Box(-1.0, 1.0, shape=spec.shape, dtype=np.float32)
         if obs == "state":
-            dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
+            dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values()) + self.distractors
             self.observation_space = spaces.Box(-np.inf, np.inf, shape=(dim,), dtype=np.float32)
         else:
             shape = (3 * self.frame_stack, self.image_size, self.image_size)
@@ -208,7 +240,10 @@ class DMCEnv(gym.Env):
         return self._env.physics.render(size, size, camera_id=self.camera_id)
 
     def _state_obs(self, observation: dict[str, Any]) -> np.ndarray:
-        return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in observation.values()])
+        parts = [np.asarray(v, dtype=np.float32).ravel() for v in observation.values()]
+        if self.distractors:
+            parts.append(distractor_values(self.distractors, self._phase, self._t))
+        return np.concatenate(parts)
 
     def _observe(self, observation: dict[str, Any], first: bool) -> np.ndarray:
         if self.obs_type == "state":
@@ -228,8 +263,11 @@ class DMCEnv(gym.Env):
         if seed is not None:
             # dm-control draws every initial state from the task's RandomState.
             self._env.task._random = np.random.RandomState(int(seed))
+            self._distractor_rng = np.random.default_rng([int(seed), DISTRACTOR_STREAM])
             self._seeded = True
         self._t = 0
+        if self.distractors:  # a new phase every episode: from the reset seed, else the stream goes on
+            self._phase = self._distractor_rng.uniform(0.0, 2 * np.pi, len(self._phase))
         ts = self._env.reset()
         return self._observe(ts.observation, first=True), {}
 

@@ -63,6 +63,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if cfg.agent == "difftop_noback":
         cfg.pg_mode = "none"
     require_int("steps", cfg.steps, 0)
+    require_int("distractors", cfg.get("distractors", 0), 0)
+    if cfg.get("distractors") and cfg.obs != "state":
+        raise UserError(f"distractors={cfg.distractors} needs obs=state (they extend the state vector)")
     for key in ("eval_episodes", "episode_length", "action_repeat", "horizon", "batch_size", "eval_every"):
         require_int(key, cfg[key], 1)
     for key in ("lr", "pg_lr"):
@@ -106,7 +109,8 @@ def build(cfg: DictConfig, *, eval_seed_offset: int = 0, eval_episodes: int = 1)
     from difftop.rl.difftop_agent import make_agent
 
     kw = dict(action_repeat=cfg.action_repeat, frame_stack=cfg.frame_stack, image_size=cfg.image_size,
-              episode_length=cfg.episode_length, render_size=cfg.render_size)
+              episode_length=cfg.episode_length, render_size=cfg.render_size,
+              distractors=int(cfg.get("distractors") or 0))
     env = make_env(cfg.task, cfg.obs, seed=cfg.seed, **kw)
     evals = [make_env(cfg.task, cfg.obs, seed=cfg.seed + eval_seed_offset + i, **kw)
              for i in range(min(max(1, int(eval_episodes)), MAX_EVAL_ENVS))]
