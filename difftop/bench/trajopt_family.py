@@ -233,6 +233,32 @@ def _tune(cfg: DictConfig, results: list[dict], traces: dict) -> list[dict]:
     return out
 
 
+def judge(run_json: str, options: dict, batch: int = 1) -> dict:
+    """Judge layer settings offline on a stored run of a split (e.g. the tuning split's .json or .json.gz):
+    solve each problem with TrajOpt(**options) (its own stopping rules, no backward, untimed) and model its
+    time as the run's zero cost + iterations x the run's cost per iteration of the defaults, over the run's
+    Theseus time. Why: a candidate solver change is screened on the tuning split in seconds, without
+    re-timing Theseus; the modelled ratio holds while the change keeps the per-iteration cost. Returns the
+    median and max modelled ratio, the problems ending below Theseus, and the iterations per problem."""
+    import gzip
+
+    opener = gzip.open if run_json.endswith(".gz") else open
+    with opener(run_json, "rt") as f:
+        rows = [r for r in json.load(f)["results"] if r["batch"] == batch]
+    ratios, below, iters = [], [], []
+    for r in rows:
+        P = build(Spec(**{k: r[k] for k in Spec.__dataclass_fields__}), batch)
+        with torch.no_grad():
+            z0 = P.model.h(P.obs)
+            actions, info = TrajOpt(**options)(P.objective(z0), P.init(z0))
+        k = int(info.iterations.max())
+        ratios.append((r["ms"]["zero"] + r["per_iter_ms"] * k) / r["ms"]["theseus"])
+        below.append(objective_at(P, z0, actions) < r["J_ref"] - J_SLACK * max(1.0, abs(r["J_ref"])))
+        iters.append(k)
+    return {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios), "below": sum(below),
+            "iters": iters}
+
+
 def summary(results: list[dict]) -> list[dict]:
     rows = []
     for B in sorted({r["batch"] for r in results}):

@@ -7,6 +7,8 @@ summed gradient is the per-sample product: one autograd call serves the whole ba
 
 from __future__ import annotations
 
+import types
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -15,11 +17,73 @@ from torch import Tensor
 Objective = Callable[[Tensor], Tensor]
 
 
+def _value_and_grad(objective: Objective, x: Tensor, shape: tuple) -> tuple[Tensor, Tensor]:
+    """(J, dJ/dx) of the objective at flattened x, with torch.func (a pure function: what torch.compile
+    traces into one forward-backward graph)."""
+
+    def f(v: Tensor):
+        J = objective(v.reshape(shape)).reshape(shape[0])
+        return J.sum(), J
+
+    g, (_, J) = torch.func.grad_and_value(f, has_aux=True)(x)
+    return J, g
+
+
+class CompiledValueGrad:
+    """The objective's value and gradient through torch.compile, for the graph-free evaluations of a solve
+    (TrajOpt(compile_objective=True)); built once per layer and reused across its calls.
+
+    Why: at batch 1 about two thirds of an evaluation of a TD-MPC-sized latent objective is per-op
+    overhead (Python, dispatcher, autograd nodes), not arithmetic (results/trajopt/README.md); a compiled
+    forward-backward graph removes most of it. Why not always: the first call for each new objective
+    code, model or shape compiles, ~20 s on a 2-core CPU (measured in results/trajopt/README.md), which
+    a short script or a test never earns back. A call that fails to compile (an objective dynamo cannot
+    trace) turns the layer back to eager evaluation for good, with one warning: same results, no speed-up.
+    Guards: a new closure of the same code (a new z0 each acting step) reuses the compiled graph.
+    """
+
+    def __init__(self):
+        self._fn = None
+        self.error: Exception | None = None  # why compilation was turned off
+        # dynamo keeps its compiled graphs, and its limit of 8 recompilations, per code object: a copy of
+        # the code per layer keeps one layer's models and shapes from using up another layer's budget
+        # (past the limit dynamo silently runs eager)
+        self._code = types.FunctionType(_value_and_grad.__code__.replace(), _value_and_grad.__globals__,
+                                        "_value_and_grad")
+
+    def __getstate__(self) -> dict:
+        """Pickled (a saved or deep-copied layer) without the compiled graph: rebuilt on first use."""
+        return {"error": self.error}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.error = state["error"]
+
+    def __call__(self, objective: Objective, x: Tensor, shape: tuple) -> tuple[Tensor, Tensor] | None:
+        if self.error is not None:
+            return None
+        if self._fn is None:
+            self._fn = torch.compile(self._code, dynamic=False)
+        try:
+            with torch.no_grad():  # a graph-free evaluation: no graph to the parameters either
+                J, g = self._fn(objective, x.detach(), tuple(shape))
+        except Exception as e:  # noqa: BLE001 - any compile/trace failure falls back to eager
+            self.error = e
+            warnings.warn(f"trajopt: compile_objective fell back to eager evaluation ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})", RuntimeWarning, stacklevel=2)
+            return None
+        return J.detach(), g.detach()
+
+
 class Problem:
     """Wraps a user objective on flattened (B, n) variables."""
 
-    def __init__(self, objective: Objective, shape: torch.Size):
+    def __init__(self, objective: Objective, shape: torch.Size, compiled: CompiledValueGrad | None = None):
         self.objective = objective
+        # Graph-free value_grad calls after the first (which checks that J depends on the actions at all)
+        # go through this compiled function when given (TrajOpt(compile_objective=True)).
+        self.compiled = compiled
+        self.evals = 0
         self.shape = shape  # (B, H, m)
         self.batch = shape[0]
         self.n = shape[1] * shape[2]
@@ -60,6 +124,12 @@ class Problem:
             return self._call(x)
 
     def value_grad(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        self.evals += 1
+        if self.compiled is not None and self.evals > 1 and not create_graph and not self.record \
+                and not self.no_action_grad:
+            out = self.compiled(self.objective, x, tuple(self.shape))
+            if out is not None:
+                return out
         if self.record and not create_graph:
             J, g, xl = self.grad_graph(x)
             self.recorded = (xl, J, g)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .bounds import BOUNDS, wrap_bounds
 from .box import Box
-from .evaluate import Problem
+from .evaluate import CompiledValueGrad, Problem
 from .implicit import cg_solver, dense_solver, implicit_output, memory_solver
 from .info import IMPLICIT_INEXACT, INIT_REPLACED, NONFINITE_INIT, TrajOptInfo
 from .refine import REFINE_OPTIONS, lm_refine
@@ -70,6 +70,10 @@ class TrajOpt(nn.Module):
       active set: a variable held at a bound has derivative 0), "tanh" / "sigmoid" (a smooth
       reparameterisation with a -bounds_weight/2 ||u||^2 regulariser), "barrier" (J + bounds_weight * log
       barrier): interior solutions whose derivative survives at the bounds.
+    compile_objective: evaluate the objective's value and gradient in the graph-free iterations of
+      lbfgs/pgd through torch.compile (evaluate.CompiledValueGrad): same iterates to float rounding,
+      fewer per-op overheads at small batch, but ~20 s of compilation at the first call for each new
+      objective code, model or shape; falls back to eager evaluation (one warning) when compiling fails.
 
     Degenerate inputs have a defined outcome: float16/bfloat16 actions are solved in float32 (see
     _low_precision); an empty batch (B = 0) returns empty actions and an empty info without calling the
@@ -84,7 +88,7 @@ class TrajOpt(nn.Module):
                  cg_tol: float | None = None, cg_max_iters: int | None = None,
                  low: float | Tensor = -1.0, high: float | Tensor = 1.0, dense_max_batch: int = 16,
                  implicit_unconverged: str = "memory", ftol: float = 3e-2, bounds: str = "project",
-                 bounds_weight: float = 1e-3, **solver_options):
+                 bounds_weight: float = 1e-3, compile_objective: bool = False, **solver_options):
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__", "solver_options")}
         super().__init__()
         self._settings = {**settings, **solver_options}  # what replace() starts from
@@ -118,6 +122,8 @@ class TrajOpt(nn.Module):
         self.implicit_unconverged = implicit_unconverged
         self.low, self.high = low, high
         self.solver_options = dict(solver_options)
+        # graph-free evaluations of the solve through torch.compile (evaluate.CompiledValueGrad)
+        self._compiled = CompiledValueGrad() if compile_objective else None
         if solver == "theseus":
             from . import theseus_backend
 
@@ -206,10 +212,13 @@ class TrajOpt(nn.Module):
             if replaced is not None:
                 info.status |= torch.where(replaced, INIT_REPLACED, 0).to(info.status.device)
             return x, info
-        prob = Problem(objective, shape)
+        compiled = self._compiled if not self.solver.needs_hessian else None
+        prob = Problem(objective, shape, compiled)
+        # compiled evaluations keep no graph: the implicit backward then evaluates once more at the solution
         res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=tol,
                          graph_iters=self.backward_iters if mode == "truncated" else 0,
-                         unroll=mode == "unroll", record_last=mode == "implicit", ftol=self.ftol)
+                         unroll=mode == "unroll", record_last=mode == "implicit" and compiled is None,
+                         ftol=self.ftol)
         if replaced is not None:
             res.status |= torch.where(replaced, INIT_REPLACED, 0)
         x = res.x

@@ -4,6 +4,7 @@
   termination test every k iterations (the GPU-friendly path) vs the reference path (sync_every=1);
 * recorded graph: the implicit backward reuses the graph of the solve's last evaluation instead of
   evaluating the objective again (reference: the re-evaluation);
+* compiled evaluations (TrajOpt(compile_objective=True)) vs eager ones, and the fallback when compiling fails;
 * the ftol stopping rule the benchmark replays on traces (bench.trajopt_family.simulate_rule) is the one
   the solver applies, so a rule tuned on the replay is the rule users get.
 Problems: difftop.bench.family specs at small network sizes (the family's shapes, warm starts, gains and
@@ -105,3 +106,60 @@ def test_replayed_stopping_rule_is_the_solvers(window, grad):
 def test_ftol_window_is_checked():
     with pytest.raises(ValueError, match="ftol_window"):
         TrajOpt(ftol_window=0)
+
+
+def test_compiled_objective_matches_reference(monkeypatch):
+    """compile_objective=True: the graph-free evaluations run through torch.compile (one compile, ~10-20 s
+    on a loaded 2-core CPU), same iterates, actions and gradients as the eager reference to rounding."""
+    import difftop.trajopt.evaluate as evaluate
+
+    spec = FAMILY[3]
+    P = _problem(spec, batch=2)
+    a_ref, info_ref, g_ref = _solve_and_grad(P, TrajOpt())
+    layer = TrajOpt(compile_objective=True)
+    _solve_and_grad(P, layer)  # compiles
+    used = {"n": 0}
+    call = evaluate.CompiledValueGrad.__call__
+
+    def spy(self, *a):
+        out = call(self, *a)
+        used["n"] += out is not None
+        return out
+
+    monkeypatch.setattr(evaluate.CompiledValueGrad, "__call__", spy)
+    a_c, info_c, g_c = _solve_and_grad(P, layer)  # the next acting step (new z0) reuses the compiled graph
+    assert layer._compiled.error is None
+    # every evaluation but the first (eager: does J depend on the actions?) went through the compiled graph
+    assert used["n"] == int(info_c.iterations.max()) > 2
+    torch.testing.assert_close(a_c, a_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_c, g_ref, rtol=1e-8, atol=1e-10)
+    assert torch.equal(info_c.iterations, info_ref.iterations)
+    assert torch.equal(info_c.status, info_ref.status)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    import difftop.trajopt.evaluate as evaluate
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("cannot trace this objective")
+        return run
+
+    monkeypatch.setattr(evaluate.torch, "compile", broken)
+    P = _problem(FAMILY[1], batch=2)
+    a_ref, info_ref, g_ref = _solve_and_grad(P, TrajOpt())
+    layer = TrajOpt(compile_objective=True)
+    with pytest.warns(RuntimeWarning, match="fell back to eager"):
+        a_c, info_c, g_c = _solve_and_grad(P, layer)
+    assert isinstance(layer._compiled.error, RuntimeError)
+    torch.testing.assert_close(a_c, a_ref, rtol=0, atol=0)
+    torch.testing.assert_close(g_c, g_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_compiled_layer_pickles_without_its_graph():
+    import copy
+    import pickle
+
+    layer = TrajOpt(compile_objective=True)
+    for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert other._compiled is not None and other._compiled._fn is None and other._compiled.error is None
