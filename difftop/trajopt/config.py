@@ -82,6 +82,7 @@ class TrajOptConfig:
     max_iters (>= 0), tol (>= 0), ftol (>= 0), backward_iters (>= 0): as TrajOpt;
     implicit_solver: auto | dense | cg; implicit_unconverged: memory | exact;
     bounds: project | tanh | sigmoid | barrier, bounds_weight (>= 0): as TrajOpt (difftop.trajopt.bounds);
+    compile_objective (bool): as TrajOpt (torch.compile of the objective's value and gradient);
     options: further options of the chosen solver (lbfgs: memory, sign_iters, sign_step, reduced;
     newton: eig_floor; lm: damping, max_damping_tries; any of these: max_backtracks, armijo, max_step,
     implicit_fallback, implicit_eig_floor, cg_tol, cg_max_iters, dense_max_batch; theseus: step_size,
@@ -100,6 +101,7 @@ class TrajOptConfig:
     implicit_unconverged: str = "memory"
     bounds: str = "project"
     bounds_weight: float = 1e-3
+    compile_objective: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     where: InitVar[str] = "trajopt"
 
@@ -114,6 +116,8 @@ class TrajOptConfig:
         _choice(f"{where}.implicit_unconverged", self.implicit_unconverged, UNCONVERGED_MODES)
         _choice(f"{where}.bounds", self.bounds, BOUNDS)
         require_number(f"{where}.bounds_weight", self.bounds_weight, low=0.0)
+        if not isinstance(self.compile_objective, bool):
+            raise UserError(f"{where}.compile_objective must be true or false, got {self.compile_objective!r}")
         if self.solver == "lm_refine" and self.backward == "implicit":
             raise UserError(f"{where}.backward=implicit does not apply to lm_refine (never converged); "
                             "use truncated, unroll or none")

@@ -33,6 +33,7 @@ def test_from_mapping_builds_the_layer_with_every_setting():
     assert (layer.implicit_solver, layer.implicit_unconverged) == ("cg", "exact")
     assert layer.solver.memory == 4 and layer.solver.sign_iters == 2 and layer.cg_max_iters == 7
     assert (layer.low, layer.high) == (-0.5, 0.5)
+    assert layer._compiled is None and TrajOptConfig(compile_objective=True).build()._compiled is not None
     assert cfg.build(max_iters=3).max_iters == 3  # overrides win
     assert dataclasses.replace(cfg, max_iters=5).max_iters == 5
     rl["options"]["memory"] = 99
@@ -53,7 +54,8 @@ BAD = [
                         "got 'foo'"),
     ({"slover": "lm"}, "trajopt.slover is not a trajopt setting; valid: solver, backward, max_iters, tol, "
                        "ftol, backward_iters, implicit_solver, implicit_unconverged, bounds, bounds_weight, "
-                       "options"),
+                       "compile_objective, options"),
+    ({"compile_objective": "yes"}, "trajopt.compile_objective must be true or false, got 'yes'"),
     ({"backward": "implicit_cg"}, "trajopt.backward must be one of implicit, unroll, truncated, none, "
                                   "got 'implicit_cg'"),
     ({"max_iters": -1}, "trajopt.max_iters must be an integer >= 0, got -1"),
