@@ -42,6 +42,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.data.dataset import HDF5_SUFFIXES
@@ -103,7 +104,10 @@ def _results(spec: str, options: dict, seeds: Iterator[int], workers: int, local
 def _options(cfg: DictConfig) -> dict[str, Any]:
     section = cfg.experts.get(cfg.task)
     opts = OmegaConf.to_container(section, resolve=True) if section is not None else {}
-    opts.update(max_steps=int(cfg.max_steps), images=bool(cfg.images), image_size=int(cfg.image_size))
+    opts["images"] = bool(cfg.images)
+    for k in ("max_steps", "image_size"):  # null: the demo task's own default (its eval horizon, camera size)
+        if cfg.get(k) is not None:
+            opts[k] = int(cfg[k])
     return opts
 
 
@@ -219,7 +223,7 @@ def _import_hdf5(out: Path, work: Path) -> None:
     meta_keys = [k for k in held.episode_meta if not k.startswith("mask/") and k != "demo_index"]
     for i in range(held.n_episodes):
         w.append(held.episode(i), {k: held.episode_meta[k][i] for k in meta_keys})
-    w.commit({k: v for k, v in held.attrs.items() if k not in ("env_args", "total")})
+    w.commit({k: v for k, v in held.attrs.items() if k != "total"})  # env_args too: the export writes it
     os.replace(staging, work)
 
 
@@ -228,12 +232,24 @@ def _export_hdf5(work: Path, out: Path, task: str, hook: Callable[[str], None]) 
     from difftop.data import load_zarr, save_robomimic
 
     ep = load_zarr(work)
+    ep.episode_meta.update(split_masks(ep.n_episodes))
     tmp = out.with_name(out.name + ".export")
-    save_robomimic(ep, tmp, action_key="action", env_args={"env_name": task, "env_kwargs": {}})
+    env_args = ep.attrs.get("env_args") or {"env_name": task, "env_kwargs": {}}
+    save_robomimic(ep, tmp, action_key="action", env_args=env_args)
     hook("export")
     os.replace(tmp, out)
     hook("cleanup")
     _remove_tree(work)
+
+
+def split_masks(n: int, valid: float = 0.1) -> dict[str, np.ndarray]:
+    """robomimic's ``mask/train`` / ``mask/valid``: a fixed random ``valid`` fraction (at least one
+    episode once there are two) held out; it depends on ``n`` only, so a resumed file gets the split
+    an uninterrupted run writes."""
+    n_valid = max(1, round(valid * n)) if n >= 2 else 0
+    is_valid = np.zeros(n, dtype=bool)
+    is_valid[np.random.default_rng(0).permutation(n)[:n_valid]] = True
+    return {"mask/train": ~is_valid, "mask/valid": is_valid}
 
 
 def _hdf5_held(out: Path) -> tuple[int, dict]:
@@ -253,8 +269,9 @@ def main(cfg: DictConfig) -> int:
     require_int("episodes", cfg.episodes)
     require_int("workers", cfg.workers)
     require_seed("seed", cfg.seed)
-    require_int("max_steps", cfg.max_steps)
-    require_int("image_size", cfg.image_size)
+    for k in ("max_steps", "image_size"):
+        if cfg.get(k) is not None:
+            require_int(k, cfg[k])
     resume = cfg.get("resume", True)
     if not isinstance(resume, bool):
         raise UserError(f"resume must be true or false, got {resume!r}")

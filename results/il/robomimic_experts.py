@@ -1,0 +1,48 @@
+"""Success rate and time per episode of the scripted robosuite experts, without cameras.
+
+Usage: ``MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/python results/il/robomimic_experts.py lift can square
+--seeds 20`` prints one markdown table row per task (seeds 0..N-1, each attempt as ``difftop demos``
+runs it, ``images=false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from difftop.il.experts.robosuite_experts import EXPERTS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("tasks", nargs="+", choices=sorted(EXPERTS))
+    ap.add_argument("--seeds", type=int, default=20)
+    args = ap.parse_args()
+    print("| task | success | seeds | mean steps (successes) | s / episode | failed seeds |")
+    print("|---|---|---|---|---|---|")
+    for name in args.tasks:
+        task = EXPERTS[name](images=False)
+        ok, lengths, secs, failed = 0, [], [], []
+        for seed in range(args.seeds):
+            t0 = time.perf_counter()
+            try:
+                r = task.rollout(seed)
+            except NotImplementedError:
+                print(f"| {name} | no expert | - | - | - | - |", flush=True)
+                break
+            secs.append(time.perf_counter() - t0)
+            if r.success:
+                ok += 1
+                lengths.append(len(r.steps["action"]))
+            else:
+                failed.append(seed)
+        else:
+            steps = f"{np.mean(lengths):.0f}" if lengths else "-"
+            print(f"| {name} | {ok}/{args.seeds} | 0-{args.seeds - 1} | {steps} | {np.mean(secs):.1f} | "
+                  f"{', '.join(map(str, failed)) or '-'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
