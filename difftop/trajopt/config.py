@@ -117,7 +117,8 @@ class TrajOptConfig:
         _choice(f"{where}.bounds", self.bounds, BOUNDS)
         require_number(f"{where}.bounds_weight", self.bounds_weight, low=0.0)
         if not isinstance(self.compile_objective, bool):
-            raise UserError(f"{where}.compile_objective must be true or false, got {self.compile_objective!r}")
+            raise UserError(f"{where}.compile_objective must be true or false, "
+                            f"got {self.compile_objective!r}")
         if self.solver == "lm_refine" and self.backward == "implicit":
             raise UserError(f"{where}.backward=implicit does not apply to lm_refine (never converged); "
                             "use truncated, unroll or none")
