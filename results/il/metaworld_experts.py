@@ -9,10 +9,10 @@ attempt each, the attempt of :class:`difftop.il.experts.metaworld_experts.MetaWo
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from difftop.il.experts import expert_rate
 from difftop.il.experts.metaworld_experts import MetaWorldDemoTask
 
 
@@ -26,19 +26,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in args.tasks:
         task = MetaWorldDemoTask(name, max_steps=args.max_steps, images=False)
-        ok, lengths, secs, failed = 0, [], [], []
-        for seed in range(args.seeds):
-            t0 = time.perf_counter()
-            r = task.rollout(seed)
-            secs.append(time.perf_counter() - t0)
-            if r.success:
-                ok += 1
-                lengths.append(len(r.steps["action"]))
-            else:
-                failed.append(seed)
+        rate = expert_rate(task, args.seeds)
         task.env.close()
-        print(f"| {name} | {ok}/{args.seeds} | {np.mean(lengths) if lengths else float('nan'):.0f} | "
-              f"{np.mean(secs):.2f} | {failed} |", flush=True)
+        steps = np.mean(rate.lengths) if rate.lengths else float("nan")
+        print(f"| {name} | {rate.successes}/{args.seeds} | {steps:.0f} | {np.mean(rate.seconds):.2f} | "
+              f"{rate.failed} |", flush=True)
 
 
 if __name__ == "__main__":

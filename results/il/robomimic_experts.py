@@ -8,10 +8,10 @@ runs it, ``images=false``).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from difftop.il.experts import expert_rate
 from difftop.il.experts.robosuite_experts import EXPERTS
 
 
@@ -24,24 +24,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.tasks:
         task = EXPERTS[name](images=False)
-        ok, lengths, secs, failed = 0, [], [], []
-        for seed in range(args.seeds):
-            t0 = time.perf_counter()
-            try:
-                r = task.rollout(seed)
-            except NotImplementedError:
-                print(f"| {name} | no expert | - | - | - | - |", flush=True)
-                break
-            secs.append(time.perf_counter() - t0)
-            if r.success:
-                ok += 1
-                lengths.append(len(r.steps["action"]))
-            else:
-                failed.append(seed)
-        else:
-            steps = f"{np.mean(lengths):.0f}" if lengths else "-"
-            print(f"| {name} | {ok}/{args.seeds} | 0-{args.seeds - 1} | {steps} | {np.mean(secs):.1f} | "
-                  f"{', '.join(map(str, failed)) or '-'} |", flush=True)
+        try:
+            rate = expert_rate(task, args.seeds)
+        except NotImplementedError:
+            print(f"| {name} | no expert | - | - | - | - |", flush=True)
+            continue
+        steps = f"{np.mean(rate.lengths):.0f}" if rate.lengths else "-"
+        print(f"| {name} | {rate.successes}/{args.seeds} | 0-{args.seeds - 1} | {steps} | "
+              f"{np.mean(rate.seconds):.1f} | {', '.join(map(str, rate.failed)) or '-'} |", flush=True)
 
 
 if __name__ == "__main__":

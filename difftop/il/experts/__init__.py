@@ -9,6 +9,7 @@ task class in its ``expert`` field.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -59,3 +60,29 @@ def load_demo_task(spec: str, options: Mapping[str, Any] | None = None) -> DemoT
     """The demo task class ``"module:Class"`` built with ``options`` (worker processes use this)."""
     module, _, cls = spec.partition(":")
     return getattr(importlib.import_module(module), cls)(**dict(options or {}))
+
+
+@dataclass
+class ExpertRate:
+    """An expert's attempts over seeds ``0..n-1``: successes, lengths of the successful episodes, seconds
+    per attempt, and the seeds that failed (what ``results/il/*_experts.py`` tabulate)."""
+
+    successes: int = 0
+    lengths: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def expert_rate(task: DemoTask, seeds: int) -> ExpertRate:
+    """One ``rollout(seed)`` per seed ``0..seeds-1``, as ``difftop demos`` attempts them, timed."""
+    rate = ExpertRate()
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        r = task.rollout(seed)
+        rate.seconds.append(time.perf_counter() - t0)
+        if r.success:
+            rate.successes += 1
+            rate.lengths.append(len(r.steps["action"]))
+        else:
+            rate.failed.append(seed)
+    return rate
