@@ -39,7 +39,7 @@ _NUMBER_OPTIONS: dict[str, tuple[float | None, bool]] = {
 _INT_OPTIONS = {"max_backtracks": 1, "memory": 1, "sign_iters": 0, "max_damping_tries": 1, "cg_max_iters": 1,
                 "ftol_window": 1, "sync_every": 1,
                 "dense_max_batch": 0}
-_BOOL_OPTIONS = ("reduced", "clamp_in_cost")
+_BOOL_OPTIONS = ("reduced", "clamp_in_cost", "fast_single")
 _OPTIONAL = ("max_step", "cg_tol", "cg_max_iters")  # null means "the default rule"
 #: TrajOpt keywords that are not solver options but are set through `options` too (rarely changed)
 _LAYER_OPTIONS = ("implicit_fallback", "implicit_eig_floor", "cg_tol", "cg_max_iters", "dense_max_batch")

@@ -61,6 +61,8 @@ class TrajOpt(nn.Module):
       (solvers.base.run_solver). 0 disables it. Default 3e-2, chosen on a tuning family of problems and
       reported on a held-out one (difftop bench trajopt-family, results/trajopt/README.md).
       Solver option sync_every=k > 1: the fixed-shape (GPU-friendly) iteration path, same results.
+      Solver option fast_single (True): lbfgs at batch 1 iterates without per-sample masks
+      (LBFGS.step_single), the batched path's iterates bit for bit with ~40% fewer ops; False: batched path.
     solver_options: of the solver, e.g. lbfgs: memory (8), sign_iters (4: the first iterations are
       per-coordinate sign steps, see solvers.first_order.LBFGS), sign_step (0.125 of the box width);
       theseus: step_size, damping, residual_offset, clamp_in_cost, abs_err_tolerance, rel_err_tolerance

@@ -80,7 +80,7 @@ class Solver:
     needs_hessian = False
 
     def __init__(self, max_backtracks: int = 12, armijo: float = 1e-4, max_step: float | None = None,
-                 ftol_window: int = 3, ftol_grad: float = 0.8, sync_every: int = 1):
+                 ftol_window: int = 3, ftol_grad: float = 0.8, sync_every: int = 1, fast_single: bool = True):
         if int(ftol_window) < 1 or int(sync_every) < 1:
             raise ValueError("ftol_window and sync_every must be >= 1")
         if not ftol_grad >= 0:
@@ -99,6 +99,11 @@ class Solver:
         # block of k iterations can be captured as one CUDA graph or compiled), and run_solver looks for
         # samples still running only every k iterations. Same iterates as the reference path.
         self.sync_every = int(sync_every)
+        # Batch of one: the graph-free iterations take the solver's step_single (when it has one) in
+        # run_solver's single-sample loop: the same value ops on the same (1, n) tensors, with per-sample
+        # masks and selects replaced by Python branches (one host read each). Same iterates bit for bit,
+        # ~40% fewer ops per iteration (results/trajopt/README.md, round 3). False: the batched path.
+        self.fast_single = bool(fast_single)
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self, prob: Problem, x: Tensor, create_graph: bool):
@@ -146,6 +151,10 @@ class Solver:
     def init_memory(self, st: State, box: Box, unit: Tensor) -> dict:
         """Solver memory at the initial state; unit: (B,) J's unit (objective_scale)."""
         return {}
+
+    #: (prob, box, st, fixed) -> (state, accepted, stalled, nonfinite) as Python bools: step() for a batch of
+    #: one running sample, graph-free (run_solver's single-sample loop); None: the solver has none.
+    step_single = None
 
     def step(self, prob: Problem, box: Box, st: State, active: Tensor, create_graph: bool,
              force: Tensor | None = None, fixed: Tensor | None = None):
@@ -315,8 +324,12 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
     history: list[tuple[Tensor, Tensor]] = []  # (J, proj. grad norm) at the last window+1 iterates
     moved = torch.zeros_like(ok)  # accepted at the last iteration
 
+    single = (B == 1 and solver.fast_single and solver.step_single is not None and not solver.branchless)
+
     def loop(st, n_iters, create_graph, force_active):
         nonlocal live, status, moved
+        if single and not create_graph and not force_active:
+            return loop_single(st, n_iters)
         force = None
         for i in range(n_iters):
             conv, pgn, fixed = converged_mask(box, st, tol, unit)
@@ -346,6 +359,39 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
             status |= torch.where(nonfin, flag_nonfinite, zero)  # solvers flag active samples only
             if not force_active:
                 live = live & ~(stall & active)
+        return st
+
+    def loop_single(st, n_iters):
+        """loop() for a batch of one, graph-free: its masks are Python bools (one host read per test
+        instead of a chain of mask ops). Same tests in the same order, on the same tensors."""
+        nonlocal live, status, moved
+        run, mv = bool(live), bool(moved)
+        k = 0
+        for i in range(n_iters):
+            conv, pgn, fixed = converged_mask(box, st, tol, unit)
+            if ftol > 0:
+                history.append((plain(st.J), pgn))
+                if len(history) > window:
+                    J_ref, pgn_ref = history.pop(0)
+                    if i - window >= solver.warmup_iters and mv and run:
+                        small = plain(st.J) - J_ref <= ftol * torch.maximum(J_ref.abs(), unit)
+                        if grad_ratio > 0:
+                            small = small & (pgn > grad_ratio * pgn_ref)
+                        run = not bool(small)
+            if not run or bool(conv):
+                break
+            prob.record = record_last
+            st, mv, stall, nonfin = solver.step_single(prob, box, st, fixed)
+            k += 1
+            if trace is not None:
+                trace.append(st.J.detach().clone())
+                trace_pgn.append(converged_mask(box, st, tol, unit)[1])
+            if nonfin:
+                status |= NONFINITE_STEP
+            run = run and not stall
+        iters.add_(k)
+        live = torch.full_like(live, run)
+        moved = torch.full_like(moved, mv)
         return st
 
     st = loop(st, max_iters, unroll, False)

@@ -149,15 +149,19 @@ class LBFGS(Solver):
                 valid = valid & (sy > 1e-10 * yy.clamp(min=1e-30))
         v = valid.to(q.dtype).unsqueeze(-1)
         S, Y = S * v, Y * v
-        SY = S @ Y.transpose(1, 2)
+        # torch.bmm, not @: the same kernel on the same operands (bit for bit), without matmul's expand and
+        # reshape dispatches around it (per-op overhead is what a batch-1 iteration costs)
+        bmm = torch.bmm
+        St, Yt = S.transpose(1, 2), Y.transpose(1, 2)
+        SY = bmm(S, Yt)
         R = torch.triu(SY) + torch.diag_embed(1.0 - v.squeeze(-1))
         g = gamma.view(-1, 1, 1)
         qc = q.unsqueeze(-1)
-        u = torch.linalg.solve_triangular(R, S @ qc, upper=True)
-        Ytu = Y.transpose(1, 2) @ u
-        w = SY.diagonal(dim1=1, dim2=2).unsqueeze(-1) * u + g * (Y @ Ytu - Y @ qc)
+        u = torch.linalg.solve_triangular(R, bmm(S, qc), upper=True)
+        Ytu = bmm(Yt, u)
+        w = SY.diagonal(dim1=1, dim2=2).unsqueeze(-1) * u + g * (bmm(Y, Ytu) - bmm(Y, qc))
         t = torch.linalg.solve_triangular(R.transpose(1, 2), w, upper=False)
-        return (g * qc + S.transpose(1, 2) @ t - g * Ytu).squeeze(-1)
+        return (g * qc + bmm(St, t) - g * Ytu).squeeze(-1)
 
     def _quasi_newton_trial(self, mem: dict, box: Box, gF: Tensor, fixed: Tensor, forced: Tensor | None,
                             new_dir: Tensor):
@@ -249,6 +253,98 @@ class LBFGS(Solver):
         new = State(x=where_rows(ok, xt, st.x), J=torch.where(ok, Jt, st.J), g=where_rows(ok, gt, st.g),
                     H=st.H, extra=mem)
         return new, ok, stall, active & ~fin, None
+
+    def step_single(self, prob: Problem, box: Box, st: State, fixed: Tensor):
+        """step() for a batch of one running sample, graph-free, not forced (run_solver's single-sample loop).
+
+        Why: at batch 1 an iteration of step() issued ~190 tensor ops, about half of them per-sample masks
+        and selects (where, &, ~, any) that cost per-op overhead (~5 us each) and compute nothing for a
+        single sample. Here each such mask is one host read and a Python branch; every value is computed by
+        the same ops, in the same order, on the same (1, n) tensors as in step(), so the iterates, memory
+        and flags are step()'s bit for bit (tests/trajopt/test_fast_single.py compares them).
+        Returns (state, accepted, stalled, nonfinite) with Python bools."""
+        mem = dict(st.extra)
+        gd = plain(st.g)
+        sign_phase = mem["k"] < self.sign_iters
+        mem["k"] += 1
+        stale = False
+        if sign_phase:
+            # Coordinates whose gradient flipped sign wait one step (iRprop-), unless all would.
+            still = fixed | mem["hold"]
+            if bool(still.all()):
+                still = fixed
+            step = (mem["D"] * torch.sign(gd)).masked_fill(still, 0.0)
+        else:
+            if bool(mem["retry"]):  # the rejected trial again, shortened
+                d, alpha = mem["d"], mem["alpha"]
+            else:
+                d, alpha, stale = self._quasi_newton_single(mem, box, st.g.masked_fill(fixed, 0.0), fixed)
+            step = alpha.unsqueeze(-1) * d
+        xt = box.project(st.x + step)
+        Jt, gt, _ = self.evaluate(prob, xt, False)
+        Jt_d, J0, gt_d = plain(Jt), plain(st.J), plain(gt)
+        fin = bool(all_finite(Jt_d, gt_d))
+        s = plain(xt - st.x)
+        gs = (gd * s).sum(-1)
+        ok = fin and bool((Jt_d >= J0 + self.armijo * gs.clamp(min=0)) & ((gs > 0) | (Jt_d > J0)))
+        if fin and not ok:
+            ok = bool(rounding_accept(J0, Jt_d, gs, (gt_d * s).sum(-1), mem["unit"]))
+        shrink = None
+        if not ok:
+            # as in step(): the rejected trial is retried next iteration, shortened (Nocedal & Wright 3.5)
+            curv = J0 + gs - Jt_d
+            shrink = torch.where(curv > 0, gs / (2 * curv.clamp(min=1e-300)), 0.5) if fin \
+                else torch.full_like(gs, 0.5)
+            shrink = torch.nan_to_num(shrink, nan=0.5).clamp(0.1, 0.5)
+            mem["nrej"] = mem["nrej"] + 1
+        else:
+            mem["nrej"] = torch.zeros_like(mem["nrej"])
+        stall = not ok and bool(mem["nrej"] >= self.max_backtracks)
+        if sign_phase:
+            D = mem["D"]
+            if ok:  # Rprop: lengthen D_i while g_i keeps its sign, halve it on a flip
+                prod = gd * gt_d
+                flip = prod < 0
+                mem["D"] = torch.where(prod > 0, torch.minimum(D * 1.2, mem["D_max"]),
+                                       torch.where(flip, D * 0.5, D))
+                mem["hold"] = flip
+            else:
+                mem["D"] = D * shrink.unsqueeze(-1)
+        else:
+            mem["retry"] = torch.full_like(mem["retry"], not ok)
+            mem["alpha"] = alpha if ok else alpha * shrink
+            mem["d"] = d
+        if stale:  # not an ascent direction: the memory is dropped
+            mem["valid"] = torch.zeros_like(mem["valid"])
+        if ok:
+            y = st.g - gt
+            sy, yy = (s * y).sum(-1), (y * y).sum(-1)
+            if bool(sy > mem["pair"] * yy):  # a positive-curvature pair (see _update_pairs)
+                mem["S"] = torch.cat([mem["S"][:, 1:], s.unsqueeze(1)], 1)
+                mem["Y"] = torch.cat([mem["Y"][:, 1:], plain(y).unsqueeze(1)], 1)
+                mem["valid"] = torch.cat([mem["valid"][:, 1:], torch.ones_like(mem["valid"][:, :1])], 1)
+                mem["gamma"] = sy / torch.maximum(yy, mem["yy_floor"])
+            return State(x=xt, J=Jt, g=gt, H=st.H, extra=mem), True, False, False
+        return State(x=st.x, J=st.J, g=st.g, H=st.H, extra=mem), False, stall, not fin
+
+    def _quasi_newton_single(self, mem: dict, box: Box, gF: Tensor, fixed: Tensor):
+        """_quasi_newton_trial for one sample taking a new direction: (d, alpha, stale as a bool)."""
+        d = self.apply_inverse(mem, gF, (~fixed).to(gF.dtype) if self.reduced else None)
+        d = d.masked_fill(fixed, 0.0)
+        has_pairs = bool(mem["valid"].any())
+        ascent = bool((plain(gF) * plain(d)).sum(-1) > 0)
+        if has_pairs and ascent:
+            alpha0 = torch.ones_like(mem["alpha"])
+        else:  # no usable memory: a gradient step
+            d = gF
+            alpha0 = _initial_alpha(gF, box, mem["g_floor"])
+        # cap_step: the step's inf-norm at most the box width (or max_step)
+        cap = box.width.amax(-1) if self.max_step is None else torch.full_like(d[:, 0], self.max_step)
+        cap = cap.clamp(min=1e-12)
+        norm = plain(d).abs().amax(-1)
+        if bool(norm > cap):
+            d = d * (cap / norm.clamp(min=1e-30)).unsqueeze(-1)
+        return d, alpha0, has_pairs and not ascent
 
     @staticmethod
     def _update_sign_state(mem: dict, acc: Tensor, rej: Tensor, g: Tensor, gt: Tensor, shrink: Tensor | None):
