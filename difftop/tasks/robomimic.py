@@ -90,9 +90,9 @@ SPECS: dict[str, RobomimicSpec] = {
 #: the ``obs_keys`` that give each task's ``state`` from a robomimic file, in order
 STATE_KEYS = {name: {t: s.state_keys(t) for t in ("state", "image")} for name, s in SPECS.items()}
 
-#: the tasks whose scripted expert works (ToolHang's attempt does not succeed yet: it stays out of
-#: ``difftop demos``, which would otherwise try seeds forever; results/il/robomimic-experts.md says why)
-_EXPERTS = {"lift": "Lift", "can": "Can", "square": "Square", "transport": "Transport"}
+#: the tasks' scripted experts (results/il/robomimic-experts.md gives their success rates)
+_EXPERTS = {"lift": "Lift", "can": "Can", "square": "Square", "transport": "Transport",
+            "toolhang": "ToolHang"}
 
 
 def _task(name: str, description: str) -> Task:

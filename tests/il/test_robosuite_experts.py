@@ -17,7 +17,8 @@ from difftop.tasks import get_task  # noqa: E402
 from difftop.tasks.robomimic import STATE_KEYS  # noqa: E402
 
 
-@pytest.mark.parametrize("name, seed", [("lift", 0), ("can", 0), ("square", 0), ("transport", 0)])
+@pytest.mark.parametrize("name, seed", [("lift", 0), ("can", 0), ("square", 0), ("transport", 0),
+                                        ("toolhang", 1)])
 def test_expert_succeeds_on_a_fixed_seed(name, seed):
     task = EXPERTS[name](images=False)
     try:

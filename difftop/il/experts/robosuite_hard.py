@@ -7,13 +7,13 @@ to point along the gap toward robot 1 and holds it out there while robot 1 waits
 grasps the handle's other end, robot 0 lets go and backs off, and robot 1 drops the hammer into the
 target bin.
 
-ToolHang: only a first-stage attempt (:func:`toolhang_expert`), which does not succeed yet; the task
-has no expert in :mod:`difftop.tasks.robomimic`, and ``results/il/robomimic-experts.md`` says why.
+ToolHang (:func:`toolhang_expert`): stand the frame upright in the stand's hollow post, then hook the
+tool's hole over the frame's hook and swing it onto the bar (``results/il/robomimic-experts.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -163,57 +163,171 @@ def transport_expert(env: Any, rng: np.random.Generator) -> Iterator[np.ndarray]
     yield from s.hold(OPEN, 20, arm=1)
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit vector ``a`` onto unit vector ``b`` (Rodrigues)."""
-    v, c = np.cross(a, b), float(np.dot(a, b))
-    if np.linalg.norm(v) < 1e-9:
-        return np.eye(3)
-    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + k + k @ k / (1.0 + c)
+def _closed(s: Script, arm: int = 0) -> Iterator[np.ndarray]:
+    """Close ``arm``'s gripper where it is and hold until the fingers stop moving, then a few steps
+    more: lifting after a fixed 6-12 steps (as the lighter tasks do) pulls ToolHang's thick grips out
+    of fingers still closing, leaving them held by an edge."""
+    a = s.arms[arm]
+    s.grip[arm] = CLOSE
+    pos, mat = a.pos, a.mat
+    last = a.opening
+    for k in range(30):
+        yield s._full(arm, a.servo(pos, mat, CLOSE, s.speed))
+        if k >= 6 and abs(a.opening - last) < 2e-4:
+            break
+        last = a.opening
+    yield from s.hold(CLOSE, int(s.rng.integers(3, 7)), arm=arm)
+
+
+def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation by ``angle`` about unit vector ``axis`` (Rodrigues)."""
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _carried(s: Script, point: Callable[[], np.ndarray], rot: Callable[[], np.ndarray],
+             goal: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Target:
+    """The gripper pose that puts a held object's reference ``point()`` (orientation ``rot()``) at
+    ``goal() = (position, orientation)``, the grasp kept as it is now (re-read every step)."""
+    arm = s.arms[0]
+
+    def target() -> tuple[np.ndarray, np.ndarray]:
+        pos, mat = goal()
+        turn = mat @ rot().T
+        return pos - turn @ (point() - arm.pos), turn @ arm.mat
+
+    return target
+
+
+def _frame_stage(env: Any, s: Script) -> Iterator[np.ndarray]:
+    """Stage 1: grasp the frame's grip top-down (fingers across the bar), lift it, turn it upright
+    (tip down) with its bar square to the stand's walls, lower the tip into the hollow post to its
+    bottom (servoing the tip site, closed loop), release and back off."""
+    e, rng = env.env, s.rng
+    arm = s.arms[0]
+    d = e.sim.data
+    site = e.obj_site_id
+    frame = e.obj_body_id["frame"]
+    grip_geom = e.sim.model.geom_name2id("frame_grip_frame")
+    socket = np.mean([d.geom_xpos[e.obj_geom_id[f"stand_wall_{i}"]] for i in range(4)], axis=0)[:2]
+    top = d.site_xpos[site["stand_mount_site"]][2]
+    bottom = d.geom_xpos[e.obj_geom_id["stand_base"]][2] + 0.005  # the base's top: the post's floor
+    rot = lambda: d.body_xmat[frame].reshape(3, 3).copy()  # noqa: E731
+    tip = lambda: d.site_xpos[site["frame_tip_site"]].copy()  # noqa: E731
+    grip = lambda: d.geom_xpos[grip_geom].copy()  # noqa: E731
+
+    # The frame lies flat; its local z runs along the bar (tip at -z), local x across it in the
+    # frame's plane. Fingers close along local x, so the grip is held against the turn and the frame's
+    # in-plane weight by the pads' faces rather than by their torsional friction. Upright, local z is up
+    # and local x is one of the walls' four directions: the one that leaves the gripper pointing back
+    # at the robot (-x). Pointing away (+x) drives wrist joint 5 to its limit (seed 0); with -x the
+    # hook ends up pointing toward the tool's side of the table (-y), where stage 2 reaches it easily.
+    bar = rot()[:, 2]
+    ori = top_down(_grasp_yaw(yaw_of(arm.mat), np.arctan2(bar[1], bar[0]) + np.pi / 2, np.pi))
+    rel = rot().T @ ori
+    upright = []
+    for ang in np.arange(4) * np.pi / 2:
+        x = np.array([np.cos(ang), np.sin(ang), 0.0])
+        r = np.stack([x, np.cross([0.0, 0.0, 1.0], x), [0.0, 0.0, 1.0]], axis=1)
+        upright.append((float((r @ rel)[0, 2]), ang, r))
+    goal_rot = min(upright, key=lambda c: c[:2])[2]
+
+    yield from s.move(lambda: (grip() + [0, 0, rng.uniform(0.07, 0.1)], ori), OPEN, tol=0.01)
+    yield from s.move(lambda: (grip() + [0, 0, -0.006], ori), OPEN, tol=0.004, steps=50, speed=0.5 * s.speed)
+    yield from _closed(s)
+    # high enough that the tip (18.7 cm below the grip) clears the post while the frame turns
+    lifted = np.r_[arm.pos[:2], rng.uniform(1.17, 1.2)]
+    yield from s.move(lambda: (lifted, None), CLOSE, tol=0.015, steps=60, speed=0.7 * s.speed)
+
+    def tip_at(z: float) -> Target:
+        return _carried(s, tip, rot, lambda: (np.r_[socket, z], goal_rot))
+
+    # slowly: the frame's inertia, turned fast, twists it in the fingers
+    yield from s.move(tip_at(top + rng.uniform(0.05, 0.07)), CLOSE, tol=0.01, ang_tol=0.03, steps=200,
+                      speed=0.3)
+    # the post's walls leave 1.25 mm a side around the 7.5 mm bar and 1.75 mm around the tip
+    yield from s.move(tip_at(top + 0.015), CLOSE, tol=0.001, ang_tol=0.01, steps=100, speed=0.3 * s.speed)
+    yield from s.move(tip_at(bottom - 0.01), CLOSE, tol=0.002, ang_tol=0.01, steps=200, speed=0.35 * s.speed,
+                      until=lambda: tip()[2] < bottom + 0.01)
+    yield from s.hold(OPEN, s.hold_steps())
+    back = arm.pos - arm.mat[:, 2] * 0.04 + [0, 0, 0.01]  # slide the fingers off the grip
+    yield from s.move(lambda: (back, None), OPEN, tol=0.01, steps=30)
+    yield from s.move(lambda: (np.r_[arm.pos[:2], rng.uniform(1.13, 1.16)], None), OPEN, tol=0.02, steps=30)
+
+
+def _tool_stage(env: Any, s: Script) -> Iterator[np.ndarray]:
+    """Stage 2: grasp the tool's grip top-down and carry it flat, its hole over the hook (the 1.2 cm
+    post at the free end of the frame's top bar), handle pointing outward along the bar; lower the
+    hole over the hook onto the bar; then swing it handle-down about a pivot just inside the hook, which
+    threads the bar through the hole, and let go: the tool hangs on the bar, held by the hook.
+
+    The hole (0.97 cm to its inner faces) cannot be slid onto the bar from its end: bar and hook
+    together need a 1.05 cm radius. The pivot (1.5 cm inside the bar's end, 5 mm above it) and the
+    hole's start (2-4 mm inside the end, 3 mm above the bar) keep every part of the ring >= 1.4 mm from
+    bar and hook through the first 55 degrees of the swing (a 2-D sweep of the ring's section), after
+    which the handle falls the rest of the way."""
+    e, rng = env.env, s.rng
+    arm = s.arms[0]
+    d = e.sim.data
+    site = e.obj_site_id
+    tool = e.obj_body_id["tool"]
+    rot = lambda: d.body_xmat[tool].reshape(3, 3).copy()  # noqa: E731
+    hole = lambda: d.site_xpos[site["tool_hole1_center"]].copy()  # noqa: E731
+    body = lambda: d.body_xpos[tool].copy()  # noqa: E731
+
+    def hook() -> tuple[np.ndarray, np.ndarray]:
+        """The top of the bar's free end and the bar's outward direction, re-read every step: the
+        frame can turn ~10 degrees in the post (seed 28: bumped while the arm left it), which moves the
+        hook 1.5 cm sideways."""
+        hang = d.site_xpos[site["frame_hang_site"]]  # the bar's free end, on its axis
+        out = hang - d.site_xpos[site["frame_intersection_site"]]
+        return hang + [0, 0, 0.00375], np.r_[out[:2], 0.0] / np.linalg.norm(out[:2])
+
+    x = rot()[:, 0]  # the tool's handle, from the hole toward the grip
+    ori = top_down(_grasp_yaw(yaw_of(arm.mat), np.arctan2(x[1], x[0]) + np.pi / 2, np.pi))
+    yield from s.move(lambda: (np.r_[body()[:2], rng.uniform(1.03, 1.07)], ori), OPEN, tol=0.03, ang_tol=0.15,
+                      steps=100, speed=0.8 * s.speed)
+    yield from s.move(lambda: (body() + [0, 0, rng.uniform(0.06, 0.09)], ori), OPEN, tol=0.01)
+    yield from s.move(lambda: (body() + [0, 0, -0.006], ori), OPEN, tol=0.004, steps=50, speed=0.5 * s.speed)
+    yield from _closed(s)
+    carry = rng.uniform(1.1, 1.13)  # the hook's top is at ~1.05
+    yield from s.move(lambda: (np.r_[arm.pos[:2], carry], None), CLOSE, tol=0.015, steps=60,
+                      speed=0.7 * s.speed)
+
+    inset = rng.uniform(0.002, 0.004)
+
+    def swung(angle: float, dz: float = 0.0) -> Target:
+        def goal() -> tuple[np.ndarray, np.ndarray]:
+            top, out = hook()
+            flat = np.stack([out, np.cross([0.0, 0.0, 1.0], out), [0.0, 0.0, 1.0]], axis=1)
+            start = top - out * inset + [0, 0, 0.003 + 0.0035]  # the ring is 7 mm thick
+            pivot = top - out * 0.015 + [0, 0, 0.005]
+            r = _axis_rotation(np.cross(out, [0.0, 0.0, -1.0]), angle)  # turns the handle (``out``) down
+            return pivot + r @ (start - pivot) + [0, 0, dz], r @ flat
+
+        return _carried(s, hole, rot, goal)
+
+    yield from s.move(swung(0.0, carry - hook()[0][2] - 0.0065), CLOSE, tol=0.006, ang_tol=0.03, steps=150,
+                      speed=0.6 * s.speed)
+    yield from s.move(swung(0.0, rng.uniform(0.02, 0.03)), CLOSE, tol=0.002, ang_tol=0.02, steps=80,
+                      speed=0.4 * s.speed)
+    yield from s.move(swung(0.0), CLOSE, tol=0.0015, ang_tol=0.02, steps=60, speed=0.3 * s.speed)
+    angle, last = 0.0, np.radians(rng.uniform(52, 58))
+    for _ in range(100):
+        angle = min(last, angle + 0.03)
+        pos, mat = swung(angle)()
+        if angle >= last and arm.error(pos, mat)[0] < 0.002:
+            break
+        yield s._full(0, arm.servo(pos, mat, CLOSE, 0.4 * s.speed))
+    yield from s.hold(OPEN, s.hold_steps())
+    back = arm.pos - arm.mat[:, 2] * 0.05
+    yield from s.move(lambda: (back, None), OPEN, tol=0.01, steps=30)
+    yield from s.hold(OPEN, 80)  # the tool swings down and settles on the bar
 
 
 def toolhang_expert(env: Any, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Stage 1 only (the frame): grasp the frame's grip top-down, lift it, turn the frame upright
-    (tip down) and lower its tip into the stand's socket, release. Stage 2 (the tool, whose 2.1 cm
-    hole must be threaded onto the 0.75 cm hook at the frame's top, after turning it upright too) is
-    not scripted: see ``results/il/robomimic-experts.md``."""
-    e = env.env
+    """Assemble the frame on the stand (:func:`_frame_stage`), then hang the tool on it
+    (:func:`_tool_stage`); the rollout ends at the task's own success check."""
     s = Script(env, rng)
-    arm = s.arms[0]
-    sim = e.sim
-    site = e.obj_site_id
-    grip_geom = sim.model.geom_name2id("frame_grip_frame")
-    socket = np.mean([sim.data.geom_xpos[e.obj_geom_id[f"stand_wall_{i}"]] for i in range(4)], axis=0)
-    top = sim.data.site_xpos[site["stand_mount_site"]][2]
-
-    def bar() -> np.ndarray:
-        """Unit vector along the frame's long bar, toward its tip."""
-        d = sim.data.site_xpos[site["frame_tip_site"]] - sim.data.site_xpos[site["frame_intersection_site"]]
-        return d / np.linalg.norm(d)
-
-    grip = lambda: sim.data.geom_xpos[grip_geom].copy()  # noqa: E731
-    d = bar()
-    ori = top_down(_grasp_yaw(yaw_of(arm.mat), np.arctan2(d[1], d[0]) + np.pi / 2, np.pi))
-    yield from s.move(lambda: (grip() + [0, 0, rng.uniform(0.07, 0.1)], ori), OPEN, tol=0.015)
-    yield from s.move(lambda: (grip() + [0, 0, -0.004], ori), OPEN, tol=0.008, steps=40, speed=0.5 * s.speed)
-    yield from s.hold(CLOSE, s.hold_steps())
-    lifted = arm.pos + [0, 0, rng.uniform(0.24, 0.27)]  # the tip swings 10+ cm down as the frame turns
-    yield from s.move(lambda: (lifted, None), CLOSE, tol=0.015, steps=60)
-
-    def tip_at(z: float) -> Target:
-        def target() -> tuple[np.ndarray, np.ndarray]:
-            turn = _rotation_between(bar(), np.array([0.0, 0.0, -1.0]))
-            tip = sim.data.site_xpos[site["frame_tip_site"]]
-            return np.r_[socket[:2], z] - turn @ (tip - arm.pos), turn @ arm.mat
-
-        return target
-
-    # slowly: turned at full speed, the 18 cm frame's inertia pulls its grip out of the fingers
-    yield from s.move(tip_at(top + 0.08), CLOSE, tol=0.006, ang_tol=0.03, steps=200, speed=0.3)
-    # the socket is the top of the stand's hollow post: ~1.2 mm clearance around the bar, 15 cm deep
-    yield from s.move(tip_at(top + 0.02), CLOSE, tol=0.001, ang_tol=0.008, steps=120, speed=0.4 * s.speed)
-    yield from s.move(tip_at(top - 0.16), CLOSE, tol=0.002, ang_tol=0.01, steps=150, speed=0.25 * s.speed,
-                      until=e._check_frame_assembled)
-    yield from s.hold(OPEN, s.hold_steps())
-    away = arm.pos + [0, 0, 0.1]
-    yield from s.move(lambda: (away, None), OPEN, tol=0.02, steps=40)
+    yield from _frame_stage(env, s)
+    yield from _tool_stage(env, s)
