@@ -59,6 +59,8 @@ RL_DEST = {
 IL_DEST = {
     "state": "il/pusht-states",                # Tables 1 and 3, paper sizes
     "state-cpu": "il/pusht-states",            # Tables 1 and 3, il_preset=cpu
+    "image": "il/pusht-images",                # Tables 1-2 from 96x96 pixels (issue 29), paper sizes
+    "image-cpu": "il/pusht-images",            # ... il_preset=cpu
     "state-cpu-ta1": "il/chunking",            # a chunked base refined one action at a time
     "prox0.01": "il/refinement",               # why DiffTOP refines less: probes
     "beta0.01": "il/refinement",

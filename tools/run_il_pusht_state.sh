@@ -7,6 +7,9 @@
 #   bash tools/run_il_pusht_state.sh all "0" cpu                          # every run, CPU sizes
 # PRESET: paper (default; runs/il/pusht/state/...) or cpu (il_preset=cpu, batch 64 for every
 # policy; runs/il/pusht/state-cpu/...). 20k gradient steps, 50 evaluation episodes every 5k steps.
+# OBS=image: the same runs from 96x96 pixels plus agent_pos (issue 29; runs/il/pusht/image[-cpu]/...,
+# results/il/pusht-images/), on the same demos (they store the frames).
+#   OBS=image bash tools/run_il_pusht_state.sh "bc difftop_bc" "0 1 2" cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ALL="bc difftop_bc residual_bc difftop_zero difftop_random bc_rnn residual_bc_rnn difftop_bc_rnn
@@ -16,9 +19,11 @@ RUNS=${1:-"bc difftop_bc"}
 [ "$RUNS" = all ] && RUNS=$ALL
 SEEDS=${2:-"0 1 2"}
 PRESET=${3:-paper}
+OBS=${OBS:-state}
+case $OBS in state | image) ;; *) echo "unknown OBS $OBS (state | image)"; exit 2 ;; esac
 case $PRESET in
-  paper) root=runs/il/pusht/state ;;
-  cpu) root=runs/il/pusht/state-cpu ;;
+  paper) root=runs/il/pusht/$OBS ;;
+  cpu) root=runs/il/pusht/$OBS-cpu ;;
   *) echo "unknown preset $PRESET (paper | cpu)"; exit 2 ;;
 esac
 export MUJOCO_GL=egl
@@ -32,7 +37,7 @@ train() {
   # a run whose final evaluation is collected in results/ is not retrained on a fresh machine
   if [ -z "${3:-}" ] && [ ! -e "$root/$run/seed$seed/checkpoint.pt" ] && [ ! -e "$root/$run/seed$seed/checkpoint" ] \
     && .venv/bin/python tools/carry.py finished "$root/$run/seed$seed"; then
-    echo "skip: $root/$run/seed$seed is finished (collected in results/il/pusht-states/runs/)"; return
+    echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"; return
   fi
   case $run in
     bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
@@ -67,7 +72,7 @@ train() {
   every=5000
   [ "$run" = ibc ] && every=10000 args="$args checkpoint_every=2000"
   # shellcheck disable=SC2086  # args: space-separated key=value words
-  .venv/bin/difftop il task=pusht data=data/pusht.zarr obs=state il_preset="$PRESET" seed="$seed" \
+  .venv/bin/difftop il task=pusht data=data/pusht.zarr obs="$OBS" il_preset="$PRESET" seed="$seed" \
     $args steps=$steps eval_every=$every eval_episodes=50 progress=false resume=true \
     out_dir="$root/$run/seed$seed"
 }

@@ -296,6 +296,10 @@ def report(args) -> tuple[str, list[dict]]:
             rows.append({"seed": k, "return_A": ea["returns"].mean(), "return_B": eb["returns"].mean(),
                          "diff": float((eb["returns"] - ea["returns"]).mean()), "J_A": ea["J"],
                          "J_B": eb["J"], "gap_A": ea["gap"], "gap_B": eb["gap"], **pg})
+            # a long probe (minutes per seed): one line per finished seed, so a log shows how far it got
+            print(f"seed {k + 1}/{args.seeds}: return A {rows[-1]['return_A']:.1f}, "
+                  f"B {rows[-1]['return_B']:.1f} ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
     finally:
         for e in evals:
             e.close()
