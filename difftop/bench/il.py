@@ -1,4 +1,5 @@
-"""`difftop bench il`: training steps/s of each imitation policy (images by default), in one process.
+"""`difftop bench il`: training steps/s of each imitation policy (images by default, or point clouds or
+states: ``obs=``), in one process.
 
 A step is what ``difftop il`` does per gradient step: draw a batch of windows, compute the policy's
 loss, backward, clip, AdamW. Residual and DiffTOP (``init=base``) train on a frozen base whose actions
@@ -6,8 +7,9 @@ are cached once for every window (``base_cache``), so their steps never run the 
 one-off cost is reported per window. Each step is split into where its time goes: data (window
 gather), normalise (the observation normaliser; uint8 images skip it), crop (random-crop
 augmentation, on uint8), conv (the image encoders' forward with the cropped frames' uint8 -> float
-conversion, crop excluded), solve (DiffTOP's trajectory-optimization forward), other forward, backward
-(conv and solve backward included), optimizer. Times are process CPU time
+conversion, crop excluded), points (the point-cloud encoders' forward, on the clouds that
+``encoder.num_points`` keeps), solve (DiffTOP's trajectory-optimization forward), other forward, backward
+(conv, points and solve backward included), optimizer. Times are process CPU time
 (with ``threads=1`` it ignores time-slicing by other jobs of a shared machine) beside wall-clock
 steps/s; policies alternate round by round so that a load that comes and goes hits every row alike.
 
@@ -33,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop.errors import UserError
 
-PARTS = ("data", "normalise", "crop", "conv", "solve", "other_forward", "backward", "optimizer")
+PARTS = ("data", "normalise", "crop", "conv", "points", "solve", "other_forward", "backward", "optimizer")
 BASED = ("residual", "difftop")  # policies trained on a frozen base here
 
 
@@ -80,11 +82,11 @@ def random_episodes(task: Any, obs: str, episodes: int, steps: int, image_size: 
 
 
 class _Timers:
-    """CPU time spent inside the policy's image encoders, their crops, its normaliser and its solve."""
+    """CPU time inside the policy's image and point encoders, the image crops, its normaliser and solve."""
 
     def __init__(self, policy: torch.nn.Module):
         from difftop.il.policies import BASE_ARGS
-        from difftop.nn.encoders import ConvEncoder
+        from difftop.nn.encoders import ConvEncoder, ObsEncoder
 
         self.acc: dict[str, float] = defaultdict(float)
         self._t0: dict[int, float] = {}
@@ -95,6 +97,9 @@ class _Timers:
             if isinstance(mod, ConvEncoder):
                 self._hook(mod, "conv")
                 mod._crop = self._timed(mod._crop, "crop")  # an instance attribute shadows the method
+            elif isinstance(mod, ObsEncoder):
+                for enc in mod.points.values():
+                    self._hook(enc, "points")
             elif name in ("normalizer", "trajopt"):
                 self._hook(mod, "normalise" if name == "normalizer" else "solve")
 
@@ -179,7 +184,7 @@ class _Row:
         self.opt.step()
         c4 = time.process_time()
         parts = self.timers.take()
-        inside = sum(parts.get(k, 0.0) for k in ("normalise", "crop", "conv", "solve"))
+        inside = sum(parts.get(k, 0.0) for k in ("normalise", "crop", "conv", "points", "solve"))
         parts.update(data=c1 - c0, other_forward=c2 - c1 - inside, backward=c3 - c2, optimizer=c4 - c3)
         for k, v in metrics.items():
             self.metrics[k].append(float(v))
@@ -224,7 +229,9 @@ def main(cfg: DictConfig) -> dict:
                                       int(cfg.image_size), int(cfg.seed))
     run = {"task": cfg.task, "obs": cfg.obs, "data": str(cfg.data or "<bench>"), "device": "cpu",
            "seed": cfg.seed}
-    base = OmegaConf.merge(il_config(str(cfg.il_preset)), run, OmegaConf.from_dotlist(list(cfg.overrides)))
+    # a dot-list merge adds missing keys by itself: Hydra's `+key=` (as `difftop il` needs) means `key=` here
+    dots = [str(o)[1:] if str(o).startswith("+") else str(o) for o in cfg.overrides]
+    base = OmegaConf.merge(il_config(str(cfg.il_preset)), run, OmegaConf.from_dotlist(dots))
     base.base_policy = str(cfg.base)
     names = list(dict.fromkeys(cfg.policies))
     rows = {}
@@ -259,8 +266,8 @@ def main(cfg: DictConfig) -> dict:
         if r["policy"] in BASED and cfg.base in by_name:
             r["ratio_vs_base"] = by_name[cfg.base]["ms_per_step"] / r["ms_per_step"]
     any_row = next(iter(rows.values()))
-    image_shapes = {k: tuple(data[k].shape[1:]) for k in keys if data[k].ndim == 4}
-    header = (f"# bench il: {cfg.task} ({cfg.obs}, {image_shapes or 'no images'}), "
+    big = {k: tuple(data[k].shape[1:]) for k in keys if data[k].ndim >= 3}  # images and point clouds
+    header = (f"# bench il: {cfg.task} ({cfg.obs}, {big or 'no images or point clouds'}), "
               f"il_preset={cfg.il_preset}, "
               f"batch {any_row.cfg.batch_size}, threads {torch.get_num_threads()}, "
               f"{platform.processor() or platform.machine()}, load average {load0:.1f} -> "
@@ -273,6 +280,10 @@ def main(cfg: DictConfig) -> dict:
                          f"{r['base_cache_ms_per_window']:.1f} ms CPU per window")
         if r["solve_iters"] is not None:
             notes.append(f"- {r['policy']}: {r['solve_iters']:.1f} solver iterations per sample on average")
+    for name in names:  # what each row's encoder was built with (il_policy + preset + overrides)
+        enc = OmegaConf.to_container(rows[name].cfg.policy_params).get("encoder") or {}
+        if any(data[k].ndim == 3 for k in keys):
+            notes.append(f"- {name}: encoder {enc}")
     if env_s is not None:
         notes.append(f"- data: {cfg.episodes} random-action episodes; env step with its "
                      f"{cfg.image_size}x{cfg.image_size} render {1e3 * env_s:.1f} ms (wall)")

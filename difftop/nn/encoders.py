@@ -202,7 +202,9 @@ class PointNetEncoder(nn.Module):
         self.out_dim = int(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.point_mlp(x.float()).amax(-2))
+        from difftop.nn.pointcloud import max_pool_points  # it imports this module
+
+        return self.proj(max_pool_points(self.point_mlp(x.float())))
 
 
 class ObsEncoder(nn.Module):
@@ -213,7 +215,10 @@ class ObsEncoder(nn.Module):
     image + agent position), ``pointcloud`` point clouds and 1-D keys. The 1-D keys are
     concatenated (in ``obs_shapes`` order) into one :class:`MLPEncoder`; each image or point
     cloud key has its own encoder, as robomimic and diffusion_policy do per camera;
-    ``point_encoder`` picks the point-cloud one (``pointnet`` | ``dp3``, :mod:`difftop.nn.pointcloud`).
+    ``point_encoder`` picks the point-cloud one (``pointnet`` | ``dp3``, :mod:`difftop.nn.pointcloud`);
+    ``num_points`` (None: all) keeps that many points of each cloud before it, picked by ``point_sample``
+    (:func:`~difftop.nn.pointcloud.subsample_points`: ``prefix``, the farthest-point subset of a stored
+    cloud, or ``random`` while training). Each point encoder runs once on all ``B x To`` clouds.
     """
 
     def __init__(
@@ -230,9 +235,11 @@ class ObsEncoder(nn.Module):
         point_dim: int = 128,
         act: str = "relu",
         point_encoder: str = "pointnet",
+        num_points: int | None = None,
+        point_sample: str = "prefix",
     ):
         super().__init__()
-        from difftop.nn.pointcloud import make_point_encoder  # it imports this module
+        from difftop.nn.pointcloud import POINT_SAMPLES, make_point_encoder  # it imports this module
 
         if kind not in ENCODER_KINDS:
             raise UserError(f"unknown obs_encoder {kind!r}; valid: {', '.join(ENCODER_KINDS)}")
@@ -248,6 +255,13 @@ class ObsEncoder(nn.Module):
         if not (self.state_keys or self.point_keys or self.image_keys) or not needs:
             raise UserError(f"obs_encoder={kind!r} finds no usable observation key in {shapes}")
         self.shapes = shapes
+        if point_sample not in POINT_SAMPLES:
+            raise UserError(f"unknown point_sample {point_sample!r}; valid: {', '.join(POINT_SAMPLES)}")
+        for k in self.point_keys:
+            if num_points is not None and not 0 < int(num_points) <= shapes[k][0]:
+                raise UserError(f"num_points must be in [1, {shapes[k][0]}] for {k!r}, got {num_points}")
+        self.num_points = None if num_points is None else int(num_points)
+        self.point_sample = point_sample
         self.state = None
         out = 0
         if self.state_keys:
@@ -270,6 +284,8 @@ class ObsEncoder(nn.Module):
         return [*self.state_keys, *self.point_keys, *self.image_keys]
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        from difftop.nn.pointcloud import subsample_points
+
         missing = [k for k in self.keys if k not in obs]
         if missing:
             raise KeyError(f"observation keys {missing} missing; got {sorted(obs)}")
@@ -284,5 +300,7 @@ class ObsEncoder(nn.Module):
             for k, enc in group.items():
                 x = obs[k]
                 lead = x.shape[: x.ndim - len(self.shapes[k])]
+                if group is self.points:
+                    x = subsample_points(x, self.num_points, self.point_sample, self.training)
                 feats.append(enc(x.reshape(-1, *x.shape[len(lead) :])).reshape(*lead, -1))
         return torch.cat(feats, -1)
