@@ -6,7 +6,9 @@
 #   trainer dose: one PG step per episode's worth of minibatches, on that many states (online training's
 #                 rate; episode = 1000 / action_repeat agent steps), for PG_STEPS PG steps;
 #   high dose:    a PG step on every minibatch, 200 minibatches (the dose of the early runs).
-# Every output exists once (results/rl/fixed-data/50k/<task>-seed<k>-<bounds>-<dose>.{md,csv}) and is
+# and, for each, the null control (`pg_null=true`: the same PG steps through a frozen, randomly initialised
+# Q_s, so B - A shows what a perturbation of the model of that size does without task information).
+# Every output exists once (results/rl/fixed-data/50k/<task>-seed<k>-<bounds>-<dose>[-null].{md,csv}) and is
 # skipped when present, so re-running the script continues where it stopped.
 #   bash tools/run_mech50k.sh "cartpole-swingup-sparse reacher-easy finger-spin" "1"
 set -euo pipefail
@@ -16,6 +18,7 @@ SEEDS=${2:-"1"}
 PG_STEPS=${PG_STEPS:-10}
 DOSES=${DOSES:-"trainer high"}
 BOUNDS=${BOUNDS:-"project tanh"}
+CONTROLS=${CONTROLS:-"pg null"}
 OUT=results/rl/fixed-data/50k
 export MUJOCO_GL=egl OMP_NUM_THREADS=1
 mkdir -p "$OUT"
@@ -28,8 +31,10 @@ for seed in $SEEDS; do for task in $TASKS; do
   repeat=$(.venv/bin/python -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['action_repeat'])" \
     "$run/config.yaml")
   ep=$((1000 / repeat))
-  for bounds in $BOUNDS; do for dose in $DOSES; do
+  for bounds in $BOUNDS; do for dose in $DOSES; do for ctl in $CONTROLS; do
     name=$OUT/$task-seed$seed-$bounds-$dose
+    extra=()
+    [ "$ctl" = null ] && { name=$name-null; extra=(--set pg_null=true); }
     [ -f "$name.md" ] && { echo "skip: $name.md exists"; continue; }
     if [ "$dose" = trainer ]; then
       args=(--updates $((PG_STEPS * ep)) --pg-every "$ep" --pg-states "$ep")
@@ -39,7 +44,7 @@ for seed in $SEEDS; do for task in $TASKS; do
     echo "$(date -u +%FT%TZ) $name: ${args[*]}"
     start=$SECONDS
     .venv/bin/python -m difftop.diagnostics.fixed_data_paired "$run" "${args[@]}" --seeds 5 --episodes 10 \
-      --set trajopt.bounds="$bounds" --out "$name"
+      --set trajopt.bounds="$bounds" "${extra[@]}" --out "$name"
     echo "$(date -u +%FT%TZ) $name done in $((SECONDS - start)) s"
-  done; done
+  done; done; done
 done; done
