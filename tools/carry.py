@@ -1,6 +1,7 @@
 """Carry unfinished runs across machines: a fresh machine starts without runs/ (checkpoints, buffers).
 
     .venv/bin/python tools/carry.py save      # before the machine goes away, then commit results/carry/
+    .venv/bin/python tools/carry.py save il/pusht/image-cpu   # only the runs under runs/il/pusht/image-cpu
     .venv/bin/python tools/carry.py restore   # tools/continue.sh does this first
     .venv/bin/python tools/carry.py finished runs/<...>/seedN   # exit 0 if finished (the run scripts)
     .venv/bin/python tools/carry.py keep --every 1800   # save every 30 min (tools/continue.sh)
@@ -164,11 +165,13 @@ def exclusive(fn):
 
 
 @exclusive
-def save() -> None:
+def save(under: str | None = None) -> None:
+    """Pack every needed run, or only those under runs/<under> (`save il/pusht/image-cpu`)."""
     CARRY.mkdir(parents=True, exist_ok=True)
     wanted = set()
-    runs = {f.parent for f in (ROOT / "runs").glob("**/checkpoint.pt")}
-    runs |= {f.parent.parent for f in (ROOT / "runs").glob(f"**/{CKPT_DIR}/commit.json")}
+    top = ROOT / "runs" / under if under else ROOT / "runs"
+    runs = {f.parent for f in top.glob("**/checkpoint.pt")}
+    runs |= {f.parent.parent for f in top.glob(f"**/{CKPT_DIR}/commit.json")}
     for run in sorted(runs):
         if run.name.startswith("seed") and needed(run):
             wanted.add(tar_name(run))
@@ -239,7 +242,8 @@ def keep(every: float) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("action", choices=("save", "restore", "finished", "keep", "dest"))
-    p.add_argument("run", nargs="?", help="with finished or dest: a run directory under runs/")
+    p.add_argument("run", nargs="?", help="with finished or dest: a run directory under runs/; with save: "
+                   "only the runs under runs/<run>")
     p.add_argument("--every", type=float, default=1800.0, help="with keep: seconds between saves")
     a = p.parse_args()
     if a.action == "keep":
@@ -251,5 +255,7 @@ if __name__ == "__main__":
             print(collected(ROOT / a.run).relative_to(ROOT))
         else:  # the one definition of "finished" that the run scripts use
             raise SystemExit(0 if finished(ROOT / a.run) else 1)
+    elif a.action == "save":
+        save(a.run)
     else:
-        {"save": save, "restore": restore}[a.action]()
+        restore()
