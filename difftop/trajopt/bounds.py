@@ -88,16 +88,15 @@ def _squash(kind: str, objective: Objective, init: Tensor, low, high, weight: fl
     if kind == "sigmoid":
         u0 = 2.0 * u0  # sigmoid(u) = (1 + tanh(u / 2)) / 2
 
-    def to_action(u: Tensor) -> Tensor:
-        s = torch.tanh(u) if kind == "tanh" else 2.0 * torch.sigmoid(u) - 1.0
-        return centre + half * s
+    def to_action_of(centre: Tensor, half: Tensor) -> Callable[[Tensor], Tensor]:
+        def to_action(u: Tensor) -> Tensor:
+            s = torch.tanh(u) if kind == "tanh" else 2.0 * torch.sigmoid(u) - 1.0
+            return centre + half * s
 
-    def objective_u(u: Tensor) -> Tensor:
-        J = objective(to_action(u))
-        if weight > 0:
-            J = J - 0.5 * weight * u.pow(2).flatten(1).sum(-1)
-        return J
+        return to_action
 
+    to_action = to_action_of(centre, half)
+    objective_u = _rowwise(lambda f, c, h: _squashed(f, to_action_of(c, h), weight), objective, centre, half)
     return BoundsWrap(objective_u, u0, -U, U, to_action)
 
 
@@ -110,6 +109,23 @@ def _barrier(objective: Objective, init: Tensor, low, high, weight: float) -> Bo
     m = BARRIER_INIT_MARGIN * width
     x0 = torch.minimum(torch.maximum(init.detach(), lo + m), hi - m)
 
+    objective_b = _rowwise(lambda f, lo, hi, w, fl: _barriered(f, lo, hi, w, fl, weight), objective, lo, hi,
+                           safe_w, flat)
+    return BoundsWrap(objective_b, x0, inner_lo, inner_hi, lambda a: a)
+
+
+def _squashed(objective: Objective, to_action: Callable[[Tensor], Tensor], weight: float) -> Objective:
+    def objective_u(u: Tensor) -> Tensor:
+        J = objective(to_action(u))
+        if weight > 0:
+            J = J - 0.5 * weight * u.pow(2).flatten(1).sum(-1)
+        return J
+
+    return objective_u
+
+
+def _barriered(objective: Objective, lo: Tensor, hi: Tensor, safe_w: Tensor, flat: Tensor, weight: float
+               ) -> Objective:
     def objective_b(a: Tensor) -> Tensor:
         J = objective(a)
         if weight > 0:
@@ -119,4 +135,15 @@ def _barrier(objective: Objective, init: Tensor, low, high, weight: float) -> Bo
             J = J + weight * (torch.log(up) + torch.log(dn)).flatten(1).sum(-1)
         return J
 
-    return BoundsWrap(objective_b, x0, inner_lo, inner_hi, lambda a: a)
+    return objective_b
+
+
+def _rowwise(make: Callable[..., Objective], objective: Objective, *per_sample: Tensor) -> Objective:
+    """make(objective, *per_sample), with a rows(idx) method when the objective has one: the wrapped
+    problem of the samples idx (the per-sample (B, ...) tensors' rows), so that the solvers' compaction
+    of stopped samples (solver option compact) also works through the bounds' transformation."""
+    wrapped = make(objective, *per_sample)
+    rows = getattr(objective, "rows", None)
+    if callable(rows):
+        wrapped.rows = lambda idx: _rowwise(make, rows(idx), *(t.index_select(0, idx) for t in per_sample))
+    return wrapped

@@ -33,6 +33,13 @@ class Box:
                 raise ValueError("trajopt: some lower bound is above its upper bound")
         self.width = (self.high - self.low).clamp(max=1e6)
 
+    def select(self, idx: torch.Tensor) -> Box:
+        """The box of the samples idx (solver compaction)."""
+        out = Box.__new__(Box)
+        out.low, out.high = self.low.index_select(0, idx), self.high.index_select(0, idx)
+        out.width = self.width.index_select(0, idx)
+        return out
+
     def centre(self) -> torch.Tensor:
         """(B, n) the middle of the box, clamped into it; 0 where a side is unbounded (a start point
         for samples whose given initial actions are not finite)."""

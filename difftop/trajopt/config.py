@@ -37,7 +37,7 @@ _NUMBER_OPTIONS: dict[str, tuple[float | None, bool]] = {
     "abs_err_tolerance": (0.0, False), "rel_err_tolerance": (0.0, False), "ftol_grad": (0.0, False),
 }
 _INT_OPTIONS = {"max_backtracks": 1, "memory": 1, "sign_iters": 0, "max_damping_tries": 1, "cg_max_iters": 1,
-                "ftol_window": 1, "sync_every": 1,
+                "ftol_window": 1, "sync_every": 1, "compact": 0,
                 "dense_max_batch": 0}
 _BOOL_OPTIONS = ("reduced", "clamp_in_cost", "fast_single")
 _OPTIONAL = ("max_step", "cg_tol", "cg_max_iters")  # null means "the default rule"

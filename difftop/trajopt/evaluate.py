@@ -101,6 +101,24 @@ class Problem:
         # set by run_solver after the first evaluation, read by every scale-dependent threshold.
         self.scale: Tensor | None = None
 
+    @property
+    def can_select(self) -> bool:
+        """Whether the objective can be restricted to some of its rows (`objective.rows(idx)`)."""
+        return callable(getattr(self.objective, "rows", None))
+
+    def select(self, idx: Tensor) -> Problem:
+        """The problem of the samples idx alone (solver compaction, solvers.base.compact_step): the
+        objective's `rows(idx)`, their units of J; graph-free (no record, no compiled evaluation)."""
+        sub = Problem(self.objective.rows(idx), torch.Size((idx.shape[0], *self.shape[1:])))
+        sub.scale = None if self.scale is None else self.scale.index_select(0, idx)
+        sub.no_action_grad = self.no_action_grad
+        return sub
+
+    def absorb(self, sub: Problem) -> None:
+        """Take back what a select()ed problem learnt: its evaluations, a lost dependence on the actions."""
+        self.evals += sub.evals
+        self.no_action_grad |= sub.no_action_grad
+
     def _call(self, x: Tensor) -> Tensor:
         J = self.objective(x.reshape(self.shape))
         if J.shape != (self.batch,):

@@ -63,6 +63,9 @@ class TrajOpt(nn.Module):
       Solver option sync_every=k > 1: the fixed-shape (GPU-friendly) iteration path, same results.
       Solver option fast_single (True): lbfgs at batch 1 iterates without per-sample masks
       (LBFGS.step_single), the batched path's iterates bit for bit with ~40% fewer ops; False: batched path.
+      Solver option compact (8): once that many samples of a batch have stopped, the graph-free iterations
+      evaluate only the running ones, when the objective has a rows(idx) method (latent_objective does);
+      0: never. Same iterates (to the rounding of matrix products at another batch size).
     solver_options: of the solver, e.g. lbfgs: memory (8), sign_iters (4: the first iterations are
       per-coordinate sign steps, see solvers.first_order.LBFGS), sign_step (0.125 of the box width);
       theseus: step_size, damping, residual_offset, clamp_in_cost, abs_err_tolerance, rel_err_tolerance

@@ -197,10 +197,15 @@ class DiffTOPPolicy(Policy):
             return J
         anchor, prox = anchor.detach(), self.prox
 
-        def objective(actions: Tensor) -> Tensor:
-            return J(actions) - 0.5 * prox * (actions - anchor).pow(2).sum((1, 2))
+        def proximal(J: Callable[[Tensor], Tensor], anchor: Tensor) -> Callable[[Tensor], Tensor]:
+            def objective(actions: Tensor) -> Tensor:
+                return J(actions) - 0.5 * prox * (actions - anchor).pow(2).sum((1, 2))
 
-        return objective
+            # restrictable to rows, as J is (the solvers compact stopped samples away)
+            objective.rows = lambda idx: proximal(J.rows(idx), anchor.index_select(0, idx))
+            return objective
+
+        return proximal(J, anchor)
 
     def _dynamics(self, z: Tensor, a: Tensor) -> Tensor:
         return self.d(torch.cat([z, a.to(z.dtype)], -1))
