@@ -66,6 +66,7 @@ IL_DEST = {
     "prox0.01": "il/refinement",               # why DiffTOP refines less: probes
     "beta0.01": "il/refinement",
     "probes": "il/refinement",
+    "pointcloud": "il/pointcloud",             # ManiSkill PickCube and MetaWorld from point clouds (issue 30)
 }
 
 

@@ -19,7 +19,7 @@ from difftop.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_vulkan = pytest.mark.skipif(vulkan_problem() is not None, reason=str(vulkan_problem()))
-#: a seed on which each task's planner succeeds (measured, see results/il/maniskill-pointcloud.md)
+#: a seed on which each task's planner succeeds (measured, see results/il/pointcloud/maniskill.md)
 EXPERT_SEEDS = {"pickcube": 0, "stackcube": 0, "peginsertionside": 2}
 
 
