@@ -55,6 +55,7 @@ RL_DEST = {
     "cpu-memory": "rl/pg-gradient/runs-memory",    # PG gradient of solves cut short: memory mode
     "cpu-iters20": "rl/pg-gradient/runs-iters20",  # ... and 20 solver iterations
     "cpu-explore0": "rl/explore-std/runs-explore0",  # DiffTOP without exploration noise
+    "mech50k": "rl/fixed-data/50k/runs",       # the 50k no-backward checkpoints of the fixed-data tests
 }
 # runs/il/<task>/<setting> -> results/<question>/runs/<task>/<setting>
 IL_DEST = {

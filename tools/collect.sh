@@ -6,10 +6,11 @@
 #   runs/cpu/<task>/<agent>/seedN     -> results/rl/states/runs/...      (the states comparison)
 #   runs/cpu-pg/...                   -> results/rl/pg-mode/runs/...     (online vs batched PG)
 #   runs/cpu-qs1/...                  -> results/rl/qs-horizon/runs/...  (Q_s on one step)
+#   runs/mech50k/...                  -> results/rl/fixed-data/50k/runs/... (issue 31, the 50k checkpoints)
 #   runs/il/<task>/<setting>/...      -> results/il/<question>/runs/<task>/<setting>/...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for src in runs/cpu runs/cpu-pg runs/cpu-qs1 runs/il; do
+for src in runs/cpu runs/cpu-pg runs/cpu-qs1 runs/mech50k runs/il; do
   [ -d "$src" ] || continue
   find "$src" -name eval.csv | while read -r f; do
     d=$(dirname "$f")

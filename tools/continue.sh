@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The CPU runs of issues 4 (RL, results/rl/states/) and 5 (IL, results/il/pusht-states/), in the order
-# we want them, as two lanes: one process each, so both lanes together fill a 2-core machine. Every run
-# resumes from its checkpoint and a finished run is skipped in seconds (also on a fresh machine, from
-# what results/ holds), so after an interruption (the machine went away) the same command carries on
-# where it stopped:
-#   nohup bash tools/continue.sh rl > runs/logs/rl.log 2>&1 &
-#   nohup bash tools/continue.sh il > runs/logs/il.log 2>&1 &
+# The open CPU campaigns, in the order we want them, as two lanes: one process each, so both lanes together
+# fill a 2-core machine. Every run resumes from its checkpoint and a finished run is skipped in seconds
+# (also on a fresh machine, from what results/ holds), so after an interruption (the machine went away)
+# the same command carries on where it stopped:
+#   nohup bash tools/continue.sh rl > runs/logs/rl.log 2>&1 &    # issue 31: the 50k fixed-data tests
+#   nohup bash tools/continue.sh il > runs/logs/il.log 2>&1 &    # issues 29-30: images, point clouds
+# rl: tools/run_mech50k.sh on reacher-easy, finger-spin and cartpole-swingup-sparse, checkpoint seed 1,
+#     then seeds 2-5 (results/rl/fixed-data/50k/).
+# il: the Square image demos (data/square_image.hdf5), the PickCube point-cloud table (BC vs DiffTOP + BC,
+#     seeds 0-2, results/il/pointcloud/), then the Push-T image table (BC, DiffTOP + BC, then Diffusion
+#     and DiffTOP + Diffusion, seeds 0-2, results/il/pusht-images/).
+# The finished campaigns of issues 4 and 5 (results/rl/states/, results/il/pusht-states/) are the lanes
+# rl-states and il-states (all their runs are collected, so they only skip).
 # then `bash tools/collect.sh` copies the CSVs into results/ and redraws tables and curves, and before
 # the machine goes away `.venv/bin/python tools/carry.py save` packs what unfinished runs need to resume
 # (results/carry/, committed: a fresh machine starts without runs/).
@@ -47,8 +53,18 @@ for seed in 1 2 3; do
 done
 case ${1:-} in
   rl)
-    for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
+    for seed in 1 2 3 4 5; do
+      bash tools/run_mech50k.sh "cartpole-swingup-sparse reacher-easy finger-spin" "$seed"
+    done ;;
   il)
+    MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/difftop demos task=square episodes=200 \
+      out=data/square_image.hdf5 progress=false
+    bash tools/run_il_pickcube.sh "bc difftop_bc" "0 1 2"
+    OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "bc difftop_bc" "0 1 2" cpu
+    OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "diffusion difftop_diffusion" "0 1 2" cpu ;;
+  rl-states)
+    for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
+  il-states)
     # every row of Tables 1 and 3 for seed 2 (the BC and BC-RNN rows first: no Diffusion base to
     # train), seed 1's last Diffusion row, the Diffusion rows of seed 2, then IBC for seeds 1-2.
     # Finished runs are skipped (collected in results/il/pusht-states/runs); a missing base is retrained first.
@@ -58,5 +74,5 @@ case ${1:-} in
     il "ibc ibc_diffusion" "1 2"
     for run in "${RL_RUNS[@]}"; do if [[ $run == finger-spin* ]]; then rl $run; fi; done
     for run in "${RL_RUNS[@]}"; do rl $run; done ;;
-  *) echo "usage: bash tools/continue.sh rl|il"; exit 2 ;;
+  *) echo "usage: bash tools/continue.sh rl|il|rl-states|il-states"; exit 2 ;;
 esac
