@@ -57,7 +57,8 @@ RL_DEST = {
     "cpu-explore0": "rl/explore-std/runs-explore0",  # DiffTOP without exploration noise
     "mech50k": "rl/fixed-data/50k/runs",       # the 50k no-backward checkpoints of the fixed-data tests
 }
-# runs/il/<task>/<setting> -> results/<question>/runs/<task>/<setting>
+# runs/il/<task>/<setting> -> results/<question>/runs/<task>/<setting>; a "<task>/<setting>" key wins over
+# the setting alone (the robomimic tasks' image runs are another question than Push-T's)
 IL_DEST = {
     "state": "il/pusht-states",                # Tables 1 and 3, paper sizes
     "state-cpu": "il/pusht-states",            # Tables 1 and 3, il_preset=cpu
@@ -68,6 +69,8 @@ IL_DEST = {
     "beta0.01": "il/refinement",
     "probes": "il/refinement",
     "pointcloud": "il/pointcloud",             # ManiSkill PickCube and MetaWorld from point clouds (issue 30)
+    **{f"{task}/{setting}": "il/robomimic-images"  # Square, Transport, ToolHang from images (issue 29)
+       for task in ("lift", "can", "square", "transport", "toolhang") for setting in ("image", "image-cpu")},
 }
 
 
@@ -88,7 +91,8 @@ def collected(run: Path) -> Path:
     rel = run.relative_to(ROOT / "runs")
     if is_il(run):  # runs/il/<task>/<setting>/... -> results/<question>/runs/<task>/<setting>/...
         setting = rel.parts[2] if len(rel.parts) > 2 else ""
-        return ROOT / "results" / IL_DEST.get(setting, "il/unsorted") / "runs" / Path(*rel.parts[1:])
+        q = IL_DEST.get(f"{rel.parts[1]}/{setting}") or IL_DEST.get(setting, "il/unsorted")
+        return ROOT / "results" / q / "runs" / Path(*rel.parts[1:])
     # runs/<root>/<task>/<agent>/seedN -> results/<RL_DEST[root]>/<task>/<agent>/seedN
     dest = RL_DEST.get(rel.parts[0], f"rl/unsorted/{rel.parts[0]}")
     return ROOT / "results" / dest / Path(*rel.parts[1:])

@@ -8,8 +8,9 @@
 # rl: tools/run_mech50k.sh on reacher-easy, finger-spin and cartpole-swingup-sparse, checkpoint seed 1,
 #     then seeds 2-5 (results/rl/fixed-data/50k/).
 # il: the Square image demos (data/square_image.hdf5), the PickCube point-cloud table (BC vs DiffTOP + BC,
-#     seeds 0-2, results/il/pointcloud/), then the Push-T image table (BC, DiffTOP + BC, then Diffusion
-#     and DiffTOP + Diffusion, seeds 0-2, results/il/pusht-images/).
+#     seeds 0-2, results/il/pointcloud/), the Push-T image table's BC rows (results/il/pusht-images/), the
+#     Square image table (results/il/robomimic-images/), Push-T's Diffusion rows, then ToolHang and
+#     Transport (demos, BC and DiffTOP + BC on seed 0).
 # The finished campaigns of issues 4 and 5 (results/rl/states/, results/il/pusht-states/) are the lanes
 # rl-states and il-states (all their runs are collected, so they only skip).
 # then `bash tools/collect.sh` copies the CSVs into results/ and redraws tables and curves, and before
@@ -61,7 +62,10 @@ case ${1:-} in
       out=data/square_image.hdf5 progress=false
     bash tools/run_il_pickcube.sh "bc difftop_bc" "0 1 2"
     OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "bc difftop_bc" "0 1 2" cpu
-    OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "diffusion difftop_diffusion" "0 1 2" cpu ;;
+    bash tools/run_il_robomimic.sh square "bc difftop_bc diffusion difftop_diffusion" "0 1 2"
+    OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "diffusion difftop_diffusion" "0 1 2" cpu
+    bash tools/run_il_robomimic.sh toolhang "bc difftop_bc" 0
+    bash tools/run_il_robomimic.sh transport "bc difftop_bc" 0 ;;
   rl-states)
     for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
   il-states)

@@ -90,7 +90,7 @@ SPECS: dict[str, RobomimicSpec] = {
 #: the ``obs_keys`` that give each task's ``state`` from a robomimic file, in order
 STATE_KEYS = {name: {t: s.state_keys(t) for t in ("state", "image")} for name, s in SPECS.items()}
 
-#: the tasks' scripted experts (results/il/robomimic-experts.md gives their success rates)
+#: the tasks' scripted experts (results/il/robomimic-images/experts.md gives their success rates)
 _EXPERTS = {"lift": "Lift", "can": "Can", "square": "Square", "transport": "Transport",
             "toolhang": "ToolHang"}
 

@@ -8,7 +8,7 @@ grasps the handle's other end, robot 0 lets go and backs off, and robot 1 drops 
 target bin.
 
 ToolHang (:func:`toolhang_expert`): stand the frame upright in the stand's hollow post, then hook the
-tool's hole over the frame's hook and swing it onto the bar (``results/il/robomimic-experts.md``).
+tool's hole over the frame's hook and swing it onto the bar (``results/il/robomimic-images/experts.md``).
 """
 
 from __future__ import annotations
