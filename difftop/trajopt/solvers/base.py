@@ -400,12 +400,17 @@ def run_solver(solver: Solver, prob: Problem, box: Box, x0: Tensor, *, max_iters
                             small = small & (pgn > grad_ratio * pgn_ref)
                         live = live & ~small
             active = ok if force_active else live & ~conv
-            if i % solver.sync_every == 0 and not bool(active.any()):
-                break
+            if compact and not force_active:
+                n_active = int(active.sum())  # one host read serves the stop test and compaction
+                if n_active == 0:
+                    break
+            else:
+                n_active = B
+                if i % solver.sync_every == 0 and not bool(active.any()):
+                    break
             if force_active and force is None:
                 force = conv
             prob.record = record_last and not force_active
-            n_active = int(active.sum()) if compact and not force_active else B
             if B - n_active >= compact > 0:
                 st, moved, stall, nonfin, damped = compact_step(solver, prob, box, st, active, fixed)
             else:
