@@ -69,6 +69,7 @@ IL_DEST = {
     "beta0.01": "il/refinement",
     "probes": "il/refinement",
     "pointcloud": "il/pointcloud",             # ManiSkill PickCube and MetaWorld from point clouds (issue 30)
+    "pointcloud-absolute": "il/pointcloud",    # ... PickCube's first table, absolute joint targets (all 0/50)
     **{f"{task}/{setting}": "il/robomimic-images"  # Square, Transport, ToolHang from images (issue 29)
        for task in ("lift", "can", "square", "transport", "toolhang") for setting in ("image", "image-cpu")},
 }

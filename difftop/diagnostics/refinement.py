@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from difftop.data import SequenceDataset, load_dataset
 from difftop.il.train import load_policy
+from difftop.tasks import get_task
 
 
 def run_windows(run: str):
@@ -27,7 +28,9 @@ def run_windows(run: str):
     policy.eval()
     cfg = OmegaConf.create(state["config"])
     meta = policy.shape_meta
-    full = SequenceDataset(load_dataset(cfg.data), list(meta.obs), "action", horizon=meta.horizon,
+    data = load_dataset(cfg.data)
+    get_task(cfg.task).derive(data, cfg.obs)  # the actions in the frame the run trained on
+    full = SequenceDataset(data, list(meta.obs), "action", horizon=meta.horizon,
                            obs_horizon=meta.obs_horizon, n_action_steps=meta.n_action_steps)
     train, val = full.split(float(cfg.val_ratio), seed=int(cfg.split_seed))
     return policy, cfg, train, val, full

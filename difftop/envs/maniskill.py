@@ -11,8 +11,14 @@
   unpacked one is preloaded only where the system has none). ``render_backend="cpu"`` also avoids
   ManiSkill 3.0.1's mis-parsing of ``pci:0000:...`` device ids. The first camera picture in a process
   JIT-compiles lavapipe's pipelines: 20-60 s on 2 busy cores, then 0.5-5 s per new env.
-- **Actions**: ``pd_joint_pos`` by default (7 joint targets + gripper, 8-dim), the motion planner's
-  control mode, so demonstrations are the planner's own actions, not a conversion.
+- **Actions**: ManiSkill's ``pd_joint_pos`` controller (7 joint targets + gripper, 8-dim), the motion
+  planner's control mode, so demonstrations are the planner's own actions. ``actions="delta"`` (what the
+  tasks use) takes each arm target *relative to the current joint positions* (``target - qpos``; the
+  gripper stays absolute) and adds ``qpos`` back before the controller sees it, so a demonstration
+  converted with :func:`delta_actions` replays exactly. Why: the planner's targets move 0.005-0.03 rad per
+  step while they span 0.06-0.35 rad over the demos (per-joint std), so a policy predicting absolute
+  targets must be accurate to a few percent of its output range just to move the right way, and BC
+  on PickCube's absolute targets (100 demos, 3 runs) drifted from the second step on and never succeeded.
 - **Observations** (``obs=``): ``"pointcloud"`` a dict ``{"point_cloud": (n_points, 6) float32 xyz
   (world frame) + rgb in [0, 1], "agent_pos": (D,) float32}``; the camera's points on the background,
   ground and table are removed by their segmentation ids (they are most of the picture and say
@@ -41,8 +47,8 @@ from gymnasium import spaces
 
 from difftop.errors import UserError
 
-__all__ = ["ENV_IDS", "ManiSkillEnv", "agent_vector", "ensure_vulkan", "filter_points", "make_maniskill",
-           "vulkan_problem"]
+__all__ = ["ACTION_FRAMES", "ARM_DOF", "ENV_IDS", "ManiSkillEnv", "agent_vector", "delta_actions",
+           "ensure_vulkan", "filter_points", "make_maniskill", "vulkan_problem"]
 
 #: difftop name -> ManiSkill3 env id
 ENV_IDS: dict[str, str] = {
@@ -51,6 +57,9 @@ ENV_IDS: dict[str, str] = {
     "peginsertionside": "PegInsertionSide-v1",
 }
 OBS_TYPES = ("pointcloud", "state")
+ACTION_FRAMES = ("absolute", "delta")
+#: the Panda's arm joints: the first ARM_DOF entries of the action and of qpos (then the gripper)
+ARM_DOF = 7
 #: actors whose points are removed: they fill most of the camera image and carry no task information
 DROP_ACTORS = ("ground", "table-workspace")
 #: default crop box (world frame, m): the table top's workspace, a little above the table surface
@@ -135,6 +144,14 @@ def filter_points(xyzw: np.ndarray, rgb: np.ndarray | None, seg: np.ndarray, dro
     return np.ascontiguousarray(pts[farthest_point_sample(pts, n, seed=0)], dtype=np.float32)
 
 
+def delta_actions(actions: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+    """``pd_joint_pos`` actions ``(T, 8)`` as the ``actions="delta"`` frame: the arm targets minus the joint
+    positions ``qpos`` ``(T, >= 7)`` observed before each action (the gripper entry unchanged)."""
+    out = np.array(actions, dtype=np.float32, copy=True)
+    out[:, :ARM_DOF] -= np.asarray(qpos, dtype=np.float32)[:, :ARM_DOF]
+    return out
+
+
 def make_raw(env_id: str, obs_mode: str, control_mode: str = "pd_joint_pos", **kwargs: Any) -> Any:
     """ManiSkill's own gym env (CPU physics and rendering); UserError naming the fix when Vulkan fails."""
     ensure_vulkan()
@@ -157,7 +174,12 @@ class ManiSkillEnv(gym.Env):
     def __init__(self, task: str, obs: str = "pointcloud", max_steps: int = 200, n_points: int = N_POINTS,
                  colors: bool = True, crop_low: Sequence[float] = CROP_LOW,
                  crop_high: Sequence[float] = CROP_HIGH, drop_actors: Sequence[str] = DROP_ACTORS,
-                 control_mode: str = "pd_joint_pos", render: bool = True):
+                 control_mode: str = "pd_joint_pos", render: bool = True, actions: str = "absolute"):
+        if actions not in ACTION_FRAMES:
+            raise UserError(f"unknown ManiSkill action frame {actions!r}; choose one of: "
+                            f"{', '.join(ACTION_FRAMES)}")
+        if actions == "delta" and control_mode != "pd_joint_pos":
+            raise UserError(f"actions=delta is relative to pd_joint_pos targets, not to {control_mode!r}")
         if task not in ENV_IDS:
             raise UserError(f"unknown ManiSkill task {task!r}; choose one of: {', '.join(ENV_IDS)}")
         if obs not in OBS_TYPES:
@@ -172,7 +194,13 @@ class ManiSkillEnv(gym.Env):
         base = self.raw.unwrapped
         self.drop_ids = sorted(i for i, a in base.segmentation_id_map.items() if a.name in set(drop_actors))
         low, high = self.raw.action_space.low, self.raw.action_space.high
+        self.frame, self._limits = actions, (low.astype(np.float32), high.astype(np.float32))
+        if actions == "delta":  # an arm target anywhere in the joint range, from anywhere in it
+            span = (high - low).astype(np.float32)
+            low = np.concatenate([-span[:ARM_DOF], low[ARM_DOF:]])
+            high = np.concatenate([span[:ARM_DOF], high[ARM_DOF:]])
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+        self._qpos = np.zeros(ARM_DOF, dtype=np.float32)
         probe, _ = self.raw.reset(seed=0)
         first = self._obs(probe)
         if obs == "state":
@@ -185,6 +213,8 @@ class ManiSkillEnv(gym.Env):
         self._t = 0
 
     def _obs(self, raw_obs: Any) -> dict[str, np.ndarray]:
+        qpos = raw_obs["agent"]["qpos"] if isinstance(raw_obs, dict) else raw_obs  # state: qpos leads it
+        self._qpos = np.asarray(_np(qpos), dtype=np.float32).reshape(-1)[:ARM_DOF].copy()
         if self.obs_type == "state":
             return {"state": np.asarray(_np(raw_obs), dtype=np.float32)}
         pc = raw_obs["pointcloud"]
@@ -206,8 +236,10 @@ class ManiSkillEnv(gym.Env):
         return self._obs(raw_obs), self._info(info)
 
     def step(self, action: np.ndarray):
-        a = np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_space.shape),
-                    self.action_space.low, self.action_space.high)
+        a = np.asarray(action, dtype=np.float32).reshape(self.action_space.shape).copy()
+        if self.frame == "delta":
+            a[:ARM_DOF] += self._qpos
+        a = np.clip(a, *self._limits)
         raw_obs, reward, terminated, _, info = self.raw.step(a)
         self._t += 1
         truncated = self._t >= self.max_steps

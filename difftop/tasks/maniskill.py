@@ -5,8 +5,11 @@
   the world frame + rgb, background/ground/table removed by segmentation; see :mod:`difftop.envs.maniskill`);
 - ``obs=state``: ``{"state": (S,)}``, ManiSkill's privileged flat state.
 
-Actions are ``pd_joint_pos`` (8,), the motion planner's (:mod:`difftop.il.experts.maniskill_experts`).
-Every env needs the Vulkan driver that ``make venv`` unpacks (``tools/fetch_mesa.sh``).
+Actions (8,): the arm's ``pd_joint_pos`` targets *relative to the current joint positions*, then the
+gripper (``actions="delta"`` of :mod:`difftop.envs.maniskill`, which says why). The demonstrations store
+the motion planner's absolute targets (:mod:`difftop.il.experts.maniskill_experts`); :func:`_derive`
+converts them when a dataset is loaded for training, and the env adds the joint positions back, so the
+conversion is exact. Every env needs the Vulkan driver that ``make venv`` unpacks (``tools/fetch_mesa.sh``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,27 @@ import numpy as np
 
 from difftop.tasks.base import Task
 
-__all__ = ["PEGINSERTIONSIDE", "PICKCUBE", "STACKCUBE"]
+__all__ = ["ACTION_FRAME", "PEGINSERTIONSIDE", "PICKCUBE", "STACKCUBE"]
+
+#: the frame the tasks' policies act in (see the module docstring)
+ACTION_FRAME = "delta"
 
 
 def _make_env(name: str, obs_type: str, max_steps: int, image_size: int | None = None) -> Any:
     from difftop.envs.maniskill import make_maniskill
 
-    return make_maniskill(name, obs_type, max_steps)  # image_size: the clouds' camera is the task's
+    return make_maniskill(name, obs_type, max_steps, actions=ACTION_FRAME)  # image_size: the task's camera
+
+
+def _derive(data: Any, obs_type: str) -> None:
+    """The stored absolute targets as the tasks' relative ones (once per loaded dataset)."""
+    from difftop.envs.maniskill import delta_actions
+
+    if data.attrs.get("action_frame", "absolute") == ACTION_FRAME:
+        return
+    qpos = data["agent_pos"] if "agent_pos" in data.data else data["state"]  # both lead with qpos
+    data.data["action"] = delta_actions(data["action"], qpos)
+    data.attrs["action_frame"] = ACTION_FRAME
 
 
 def _env_obs(obs: Any, obs_type: str) -> dict[str, np.ndarray]:
@@ -39,6 +56,7 @@ def _task(name: str, expert: str, description: str) -> Task:
         obs_keys={"pointcloud": ("point_cloud", "agent_pos"), "state": ("state",)},
         make_env=functools.partial(_make_env, name),
         env_obs=_env_obs,
+        derive=_derive,
         expert=f"difftop.il.experts.maniskill_experts:{expert}",
         description=description,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from difftop.envs.maniskill import FIX, ensure_vulkan, filter_points, vulkan_problem
+from difftop.envs.maniskill import FIX, delta_actions, ensure_vulkan, filter_points, vulkan_problem
 from difftop.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,48 @@ def test_tasks_registered():
     for name in EXPERT_SEEDS:
         task = get_task(f"maniskill-{name}")
         assert task.keys("pointcloud") == ("point_cloud", "agent_pos") and task.expert
+
+
+def test_tasks_train_on_relative_targets_converted_once():
+    from difftop.data.episodes import EpisodeData
+    from difftop.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    qpos = rng.uniform(-1, 1, (6, 9)).astype(np.float32)
+    action = np.concatenate([qpos[:, :7] + 0.01, np.ones((6, 1), np.float32)], axis=1)
+    data = EpisodeData({"agent_pos": qpos, "action": action.copy()}, np.array([3, 6]))
+    task = get_task("maniskill-pickcube")
+    task.derive(data, "pointcloud")
+    np.testing.assert_allclose(data["action"][:, :7], 0.01, atol=1e-6)  # target - qpos
+    np.testing.assert_array_equal(data["action"][:, 7], 1.0)  # the gripper stays absolute
+    task.derive(data, "pointcloud")  # a second call must not subtract qpos again
+    np.testing.assert_allclose(data["action"][:, :7], 0.01, atol=1e-6)
+    state = EpisodeData({"state": qpos, "action": action.copy()}, np.array([6]))  # obs=state: qpos leads it
+    task.derive(state, "state")
+    np.testing.assert_allclose(state["action"][:, :7], 0.01, atol=1e-6)
+    np.testing.assert_allclose(delta_actions(action, qpos), data["action"])
+
+
+@needs_vulkan
+def test_relative_targets_replay_the_planner_exactly():
+    """The planner's absolute targets, converted, give the same episode in the tasks' delta frame."""
+    from difftop.envs.maniskill import make_maniskill
+    from difftop.il.experts import make_demo_task
+
+    r = make_demo_task("maniskill-pickcube", {"images": False, "max_steps": 200}).rollout(0)
+    assert r.success
+    rel = delta_actions(r.steps["action"], r.steps["state"])
+    env = make_maniskill("pickcube", "state", max_steps=200, actions="delta", render=False)
+    try:
+        obs, _ = env.reset(seed=0)
+        for t, a in enumerate(rel):
+            np.testing.assert_allclose(obs["state"], r.steps["state"][t], atol=1e-4)  # float32 rounding
+            obs, _, _, _, info = env.step(a)
+        assert info["success"]
+    finally:
+        env.close()
+    with pytest.raises(UserError, match="action frame"):
+        make_maniskill("pickcube", "state", actions="relative")
 
 
 @needs_vulkan

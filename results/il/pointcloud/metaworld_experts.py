@@ -1,7 +1,8 @@
 """Success rate of MetaWorld's scripted experts as ``difftop demos`` runs them (state only, no clouds).
 
-Usage: ``MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/python results/il/pointcloud/metaworld_experts.py assembly pick-place
-stick-pull --seeds 20 --max-steps 300`` prints one markdown table row per task (seeds 0..N-1, one
+Usage: ``MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/python results/il/pointcloud/metaworld_experts.py
+assembly pick-place stick-pull --seeds 20 --max-steps 300``
+prints one markdown table row per task (seeds 0..N-1, one
 attempt each, the attempt of :class:`difftop.il.experts.metaworld_experts.MetaWorldDemoTask` with
 ``images=false``).
 """

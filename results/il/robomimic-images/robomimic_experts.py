@@ -1,7 +1,8 @@
 """Success rate and time per episode of the scripted robosuite experts, without cameras.
 
-Usage: ``MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/python results/il/robomimic-images/robomimic_experts.py lift can square
---seeds 20`` prints one markdown table row per task (seeds 0..N-1, each attempt as ``difftop demos``
+Usage: ``MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/python results/il/robomimic-images/robomimic_experts.py
+lift can square --seeds 20``
+prints one markdown table row per task (seeds 0..N-1, each attempt as ``difftop demos``
 runs it, ``images=false``).
 """
 
