@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from difftop.tasks.base import Task
+from difftop.tasks.base import Metric, Task
 
 __all__ = ["ACTION_FRAME", "PEGINSERTIONSIDE", "PICKCUBE", "STACKCUBE"]
 
@@ -50,19 +50,24 @@ def _env_obs(obs: Any, obs_type: str) -> dict[str, np.ndarray]:
     return {"point_cloud": obs["point_cloud"], "agent_pos": obs["agent_pos"]}
 
 
-def _task(name: str, expert: str, description: str) -> Task:
+def _task(name: str, expert: str, description: str, metrics: tuple[Metric, ...] = ()) -> Task:
     return Task(
         name=f"maniskill-{name}",
         obs_keys={"pointcloud": ("point_cloud", "agent_pos"), "state": ("state",)},
         make_env=functools.partial(_make_env, name),
         env_obs=_env_obs,
         derive=_derive,
+        metrics=metrics,
         expert=f"difftop.il.experts.maniskill_experts:{expert}",
         description=description,
     )
 
 
-PICKCUBE = _task("pickcube", "PickCubeDemoTask", "ManiSkill3 PickCube-v1: lift a cube to a goal position")
-STACKCUBE = _task("stackcube", "StackCubeDemoTask", "ManiSkill3 StackCube-v1: stack a cube on another")
+#: whether the (first) cube was ever held in an episode: progress short of success, which evaluations report
+#: beside the success rate (ManiSkill's own ``is_grasped`` check)
+PICKCUBE = _task("pickcube", "PickCubeDemoTask", "ManiSkill3 PickCube-v1: lift a cube to a goal position",
+                 (Metric("grasped", "is_grasped", "max"),))
+STACKCUBE = _task("stackcube", "StackCubeDemoTask", "ManiSkill3 StackCube-v1: stack a cube on another",
+                  (Metric("grasped", "is_cubeA_grasped", "max"),))
 PEGINSERTIONSIDE = _task("peginsertionside", "PegInsertionSideDemoTask",
                          "ManiSkill3 PegInsertionSide-v1: insert a peg sideways into a box's hole")

@@ -138,6 +138,7 @@ def test_pickcube_point_cloud_env():
         obs, info = env.reset(seed=0)
         assert obs["point_cloud"].shape == (256, 6) and obs["point_cloud"].dtype == np.float32
         assert obs["agent_pos"].shape == env.observation_space["agent_pos"].shape and info["success"] is False
+        assert info["is_grasped"] is False  # the task's "grasped" metric, read at reset too
         pts = obs["point_cloud"]
         assert pts[:, 2].min() > -0.01  # the ground (z = -0.92) and the table top were dropped...
         assert (pts[:, 2] > 0.1).mean() > 0.5  # ...so most points are on the robot arm above the table
@@ -145,7 +146,7 @@ def test_pickcube_point_cloud_env():
         hold = np.concatenate([obs["agent_pos"][:7], [1.0]]).astype(np.float32)  # hold the joints
         for _ in range(3):
             obs2, _, terminated, truncated, info = env.step(hold)
-        assert truncated and not terminated and isinstance(info["success"], bool)
+        assert truncated and not terminated and isinstance(info["success"], bool) and "is_grasped" in info
         assert obs2["point_cloud"].shape == (256, 6)
     finally:
         env.close()
