@@ -180,7 +180,8 @@ def save(under: str | None = None) -> None:
     runs = {f.parent for f in top.glob("**/checkpoint.pt")}
     runs |= {f.parent.parent for f in top.glob(f"**/{CKPT_DIR}/commit.json")}
     for run in sorted(runs):
-        if run.name.startswith("seed") and needed(run):
+        campaign = is_il(run) or run.relative_to(ROOT / "runs").parts[0] in RL_DEST
+        if run.name.startswith("seed") and campaign and needed(run):  # runs/mechanism etc.: not carried
             wanted.add(tar_name(run))
             for _ in range(60):  # a checkpoint takes seconds to write
                 if not mid_checkpoint(run):

@@ -21,10 +21,15 @@ train() {
     echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"
     return
   fi
+  # every policy executes 8-action chunks: BC predicts them, DiffTOP refines the base's chunk as an 8-step
+  # plan, Residual corrects each of its actions (single actions: BC 0/10 at 5k steps, chunks 1/10;
+  # results/il/pointcloud/maniskill.md)
   case $run in
-    bc) args="policy=bc" ;;
-    difftop_bc) train bc "$seed" force; args="policy=difftop init=base base=$root/bc/seed$seed" ;;
-    residual_bc) train bc "$seed" force; args="policy=residual base=$root/bc/seed$seed" ;;
+    bc) args="policy=bc policies.bc.n_action_steps=8" ;;
+    difftop_bc) train bc "$seed" force
+      args="policy=difftop init=base base=$root/bc/seed$seed policies.difftop.plan_horizon=8 policies.difftop.n_action_steps=8" ;;
+    residual_bc) train bc "$seed" force
+      args="policy=residual base=$root/bc/seed$seed policies.residual.n_action_steps=8" ;;
     *) echo "unknown run $run (bc | difftop_bc | residual_bc)"; exit 2 ;;
   esac
   # one evaluation, at the end: 50 episodes of up to 150 steps (about twice the longest demo, 81 steps);

@@ -1,13 +1,14 @@
-"""Print the Push-T results in the layout of the paper's Tables 1 and 3 (one row per policy).
+"""Print IL results in the layout of the paper's Tables 1 and 3 (one row per policy).
 
     .venv/bin/python -m difftop.diagnostics.il_table results/il/pusht-states/runs/pusht/state-cpu \
         [--out table.md]
 
 For every run directory <root>/<run>/seed<k>/eval.csv, the last evaluation is taken; rows give the
-mean +- std over seeds (population std, as the paper's +-) of the success rate and of the mean max
-coverage, with the number of seeds and the gradient steps reached. A second table pairs every refining
-policy (DiffTOP, DiffTOP without the CVAE, Residual, IBC + Diffusion) with its own base seed by seed:
-the paper's claim is DiffTOP + base >= base.
+mean +- std over seeds (population std, as the paper's +-) of the success rate and of each of the task's
+metrics in the eval.csv (Push-T: mean max coverage; PickCube: mean grasped), with the number of seeds
+and the gradient steps reached. A second table pairs every refining policy (DiffTOP, DiffTOP without the
+CVAE, Residual, IBC + Diffusion) with its own base seed by seed, on the first metric (success where a task
+has none): the paper's claim is DiffTOP + base >= base.
 """
 
 from __future__ import annotations
@@ -51,17 +52,31 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.2f} ± {statistics.pstdev(xs):.2f}" if xs else "-"
 
 
+def metric_columns(root: Path) -> list[str]:
+    """The task metrics' ``mean_<name>`` columns of the eval.csv files under ``root``, in their order."""
+    cols: list[str] = []
+    for f in sorted(root.glob("*/seed*/eval.csv")):
+        e = last_eval(f)
+        cols += [k for k in (e or {}) if k.startswith("mean_") and k != "mean_length" and k not in cols]
+    return cols
+
+
+def label(col: str) -> str:
+    return col.replace("_", " ")  # mean_max_coverage -> "mean max coverage"
+
+
 def table(root: Path) -> str:
-    lines = ["| policy | seeds | gradient steps | success rate | mean max coverage |",
-             "|---|---|---|---|---|"]
-    for run, label in ROWS:
+    cols = metric_columns(root)
+    lines = ["| policy | seeds | gradient steps | success rate |" + "".join(f" {label(c)} |" for c in cols),
+             "|---|---|---|---|" + "---|" * len(cols)]
+    for run, name in ROWS:
         evals = [e for f in sorted((root / run).glob("seed*/eval.csv")) if (e := last_eval(f))]
         if not evals:
             continue
         steps = sorted({int(e["step"]) for e in evals})
-        lines.append(f"| {label} | {len(evals)} | {', '.join(map(str, steps))} | "
-                     f"{mean_std([e['success_rate'] for e in evals])} | "
-                     f"{mean_std([e['mean_max_coverage'] for e in evals])} |")
+        lines.append(f"| {name} | {len(evals)} | {', '.join(map(str, steps))} | "
+                     f"{mean_std([e['success_rate'] for e in evals])} |"
+                     + "".join(f" {mean_std([e[c] for e in evals if c in e])} |" for c in cols))
     return "\n".join(lines)
 
 
@@ -78,22 +93,26 @@ def final_eval(path: Path, run: str) -> dict[str, float] | None:
 
 
 def paired(root: Path) -> str:
-    """Refiner minus its own base, per seed (same data, same base checkpoint, same evaluation seeds)."""
-    lines = ["| refiner - base | seeds | coverage, per seed | coverage: mean ± std | refiner >= base "
+    """Refiner minus its own base, per seed (same data, same base checkpoint, same evaluation seeds), on
+    the task's first metric (Push-T: coverage), or on success for a task without one."""
+    cols = metric_columns(root)
+    key = cols[0] if cols else "success_rate"
+    short = {"mean_max_coverage": "coverage", "success_rate": "success"}.get(key, key.removeprefix("mean_"))
+    lines = [f"| refiner - base | seeds | {short}, per seed | {short}: mean ± std | refiner >= base "
              "| success: mean ± std |", "|---|---|---|---|---|---|"]
     for run, base in PAIRS:
-        seeds, dcov, dsucc = [], [], []
+        seeds, dm, dsucc = [], [], []
         for f in sorted((root / run).glob("seed*/eval.csv")):
             r, b = final_eval(f, run), final_eval(root / base / f.parent.name / "eval.csv", base)
-            if r and b:
+            if r and b and key in r and key in b:
                 seeds.append(f.parent.name[4:])
-                dcov.append(r["mean_max_coverage"] - b["mean_max_coverage"])
+                dm.append(r[key] - b[key])
                 dsucc.append(r["success_rate"] - b["success_rate"])
         if seeds:
-            per = ", ".join(f"{d:+.3f}" for d in dcov)
+            per = ", ".join(f"{d:+.3f}" for d in dm)
             lines.append(f"| {LABELS[run]} - {LABELS[base]} | {', '.join(seeds)} | {per} | "
-                         f"{statistics.fmean(dcov):+.3f} ± {statistics.pstdev(dcov):.3f} | "
-                         f"{sum(d >= 0 for d in dcov)} of {len(dcov)} | "
+                         f"{statistics.fmean(dm):+.3f} ± {statistics.pstdev(dm):.3f} | "
+                         f"{sum(d >= 0 for d in dm)} of {len(dm)} | "
                          f"{statistics.fmean(dsucc):+.2f} ± {statistics.pstdev(dsucc):.2f} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     text, pairs = table(args.root), paired(args.root)
     if pairs:
         text += ("\n\nPaired: each refining policy minus its base on the same seed (finished runs only; "
-                 "coverage and success are mean max coverage and success rate over 50 episodes)\n\n" + pairs)
+                 "the task's metric and the success rate over the final evaluation's episodes)\n\n" + pairs)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
