@@ -102,3 +102,32 @@ def test_bounds_gradient_measures_every_option(rl_runs, capsys):
     rows = _rows(capsys.readouterr().out, run)
     assert [r[1] for r in rows] == ["project", "tanh", "sigmoid", "barrier", "lm_refine", "official"]
     assert all(0.0 <= float(r[2]) <= 1.0 for r in rows)
+
+
+def test_trained_problem_file_joins_the_family(rl_runs, tmp_path):
+    """A run exported as a problem file (difftop.bench.trained) rebuilds the agent's own model and
+    observations, and `difftop bench trajopt-family` times it at every batch size."""
+    import json
+
+    import torch
+
+    from difftop.bench.family import build, trained_specs
+    from difftop.bench.trained import export, load
+    from difftop.cli import main
+    from difftop.diagnostics.pg_gradient_quality import buffer_states, trained_agent
+
+    path = export(rl_runs["difftop"], tmp_path / "p.safetensors", states=4, seed=3)
+    model, obs, meta = load(path)
+    agent, cfg, _ = trained_agent(rl_runs["difftop"])
+    torch.testing.assert_close(obs, buffer_states(rl_runs["difftop"], 4, 3))
+    own = agent.model.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+    assert meta["horizon"] == cfg.horizon and meta["action_dim"] == agent.model.action_dim
+    (spec,) = trained_specs("tuning", [str(path)], seed=5)
+    P = build(spec, 6)  # more states than stored: drawn with replacement
+    assert P.obs.shape == (6, meta["obs_dim"]) and spec.horizon == meta["horizon"]
+    assert main(["bench", "trajopt-family", "runs=1", "warmup=0", "latent_dim=4", "mlp_dim=8", "problems=1",
+                 "large_problems=0", "batch_sizes=[1,3]", "trace_iters=6", "split=tuning",
+                 f"splits.tuning.trained=[{path}]", f"out_dir={tmp_path}"]) == 0
+    rows = json.loads((tmp_path / "trajopt_family_tuning.json").read_text())["results"]
+    assert [(r["problem"], r["batch"]) for r in rows] == [("tuning0", 1), ("tuning-p", 1), ("tuning-p", 3)]

@@ -87,6 +87,12 @@ def is_il(run: Path) -> bool:
     return run.relative_to(ROOT / "runs").parts[0] == "il"
 
 
+def campaign(run: Path) -> bool:
+    """A run of a campaign whose records collect to results/ (IL, or an RL_DEST root): only these are
+    carried; probes (runs/mechanism, runs/probe, smoke runs) stay on their machine."""
+    return is_il(run) or run.relative_to(ROOT / "runs").parts[0] in RL_DEST
+
+
 def collected(run: Path) -> Path:
     """Where tools/collect.sh copies the record of runs/<...> (RL_DEST, IL_DEST)."""
     rel = run.relative_to(ROOT / "runs")
@@ -180,8 +186,7 @@ def save(under: str | None = None) -> None:
     runs = {f.parent for f in top.glob("**/checkpoint.pt")}
     runs |= {f.parent.parent for f in top.glob(f"**/{CKPT_DIR}/commit.json")}
     for run in sorted(runs):
-        campaign = is_il(run) or run.relative_to(ROOT / "runs").parts[0] in RL_DEST
-        if run.name.startswith("seed") and campaign and needed(run):  # runs/mechanism etc.: not carried
+        if run.name.startswith("seed") and campaign(run) and needed(run):
             wanted.add(tar_name(run))
             for _ in range(60):  # a checkpoint takes seconds to write
                 if not mid_checkpoint(run):
@@ -212,7 +217,10 @@ def save(under: str | None = None) -> None:
             tmp.replace(done)
             print(f"saved {run.relative_to(ROOT)} ({done.stat().st_size / 1e6:.1f} MB)")
     for old in CARRY.glob("*.tar"):
-        if old not in wanted and not needed(run_of(old)):  # a run missing from runs/ keeps its tarball
+        if old not in wanted and not campaign(run_of(old)):
+            old.unlink()
+            print(f"dropped {old.name}: its run is not one of a campaign's (RL_DEST, runs/il)")
+        elif old not in wanted and not needed(run_of(old)):  # a run missing from runs/ keeps its tarball
             old.unlink()
             print(f"dropped {old.name}: its run is finished")
 

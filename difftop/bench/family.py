@@ -8,7 +8,9 @@ never judged on the problems it was chosen on.
 
 Independence from bench/problem.py: own seeds, observation sizes, head initialisation (scaled normal
 instead of orthogonal, non-zero biases) and warm starts (pi's rollout, zeros, uniform, pi plus noise).
-Trained checkpoints would join the family through `checkpoints` (none exist under results/ today).
+Trained models join a split as problem files (`difftop.bench.trained`: a run's TOLD weights and a sample
+of its replay buffer's observations), one problem each, with the agent's own horizon, discount, hard
+min of the twin Q and pi's rollout as the warm start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -38,6 +41,7 @@ class Spec:
     head_gain: float  # std of the heads' last layer is head_gain / sqrt(fan_in)
     q_tau: float  # 0: hard min(Q1, Q2); > 0: smooth minimum
     init: str  # warm start, one of INITS
+    checkpoint: str = ""  # a trained problem's file (difftop.bench.trained); "" for a drawn problem
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +72,25 @@ def draw(split: str, n: int, *, seed: int, horizons: tuple[int, int], action_dim
         out.append(Spec(name=f"{split}{i}", seed=s, horizon=hs[i], action_dim=ms[i],
                         obs_dim=rng.randrange(8, 41), head_gain=float(gains[i]), q_tau=float(taus[i]),
                         init=str(starts[i])))
+    return out
+
+
+def problem_file(path: str) -> Path:
+    """A problem file's path as given, or relative to the repository (where results/ lives)."""
+    p = Path(path)
+    return p if p.is_file() or p.is_absolute() else Path(__file__).resolve().parents[2] / p
+
+
+def trained_specs(split: str, paths, seed: int) -> list[Spec]:
+    """One problem per trained-model file (its shapes read from the file; head_gain 0 marks trained)."""
+    from difftop.bench.trained import load
+
+    out = []
+    for i, path in enumerate(paths):
+        _, _, meta = load(problem_file(str(path)))
+        out.append(Spec(name=f"{split}-{Path(str(path)).stem}", seed=seed + i, horizon=int(meta["horizon"]),
+                        action_dim=int(meta["action_dim"]), obs_dim=int(meta["obs_dim"]), head_gain=0.0,
+                        q_tau=0.0, init="policy", checkpoint=str(path)))
     return out
 
 
@@ -112,6 +135,8 @@ def build(spec: Spec, batch: int, *, latent_dim: int = 50, mlp_dim: int = 512, d
     """The spec's problem at `batch` observations (the model does not depend on the batch size)."""
     if spec.init not in INITS:
         raise ValueError(f"family: init must be one of {INITS}, got {spec.init!r}")
+    if spec.checkpoint:
+        return _build_trained(spec, batch, dtype)
     torch.manual_seed(spec.seed)
     model = TOLD((spec.obs_dim,), spec.action_dim, latent_dim=latent_dim, mlp_dim=mlp_dim)
     g = torch.Generator().manual_seed(spec.seed)
@@ -124,3 +149,15 @@ def build(spec: Spec, batch: int, *, latent_dim: int = 50, mlp_dim: int = 512, d
     model = model.to(dtype)
     obs = torch.randn(batch, spec.obs_dim, generator=g).to(dtype)
     return FamilyProblem(spec=spec, model=model, obs=obs)
+
+
+def _build_trained(spec: Spec, batch: int, dtype) -> FamilyProblem:
+    """A trained problem at `batch` of its stored observations (a seeded draw; with replacement only when
+    the file holds fewer)."""
+    from difftop.bench.trained import load
+
+    model, obs_all, meta = load(problem_file(spec.checkpoint), dtype)
+    g = torch.Generator().manual_seed(spec.seed)
+    n = len(obs_all)
+    pick = torch.randperm(n, generator=g)[:batch] if batch <= n else torch.randint(n, (batch,), generator=g)
+    return FamilyProblem(spec=spec, model=model, obs=obs_all[pick], gamma=float(meta["discount"]))

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftop.bench.family import INITS, FamilyProblem, Spec, build, draw
+from difftop.bench.family import INITS, FamilyProblem, Spec, build, draw, trained_specs
 from difftop.bench.trajopt import _cpu_name, _time_interleaved
 from difftop.trajopt import TrajOpt
 from difftop.trajopt.box import Box
@@ -61,10 +61,12 @@ def _check(cfg: DictConfig) -> None:
 
 
 def specs(cfg: DictConfig) -> list[Spec]:
+    """The split's drawn problems, then its trained ones (`trained`: problem files)."""
     sp = cfg.splits[cfg.split]
-    return draw(cfg.split, int(cfg.problems), seed=int(sp.seed), horizons=tuple(sp.horizons),
-                action_dims=tuple(sp.action_dims), head_gains=list(sp.head_gains), q_taus=list(sp.q_taus),
-                inits=list(sp.inits))
+    drawn = draw(cfg.split, int(cfg.problems), seed=int(sp.seed), horizons=tuple(sp.horizons),
+                 action_dims=tuple(sp.action_dims), head_gains=list(sp.head_gains), q_taus=list(sp.q_taus),
+                 inits=list(sp.inits))
+    return drawn + trained_specs(cfg.split, list(sp.get("trained") or []), int(sp.seed))
 
 
 def _run_fn(P: FamilyProblem, layer: TrajOpt, w: torch.Tensor):
@@ -146,7 +148,9 @@ def main(cfg: DictConfig) -> int:
     results = []
     traces = {}
     for B in cfg.batch_sizes:
-        todo = family if int(B) == 1 else family[: int(cfg.large_problems)]
+        drawn = [s for s in family if not s.checkpoint]
+        # every trained problem runs at every batch size: they are few and the ones nearest a user's
+        todo = family if int(B) == 1 else drawn[: int(cfg.large_problems)] + [s for s in family if s.checkpoint]
         for spec in todo:
             results.append(_one(cfg, spec, int(B), dtype, traces))
     tuned = _tune(cfg, results, traces) if cfg.tune else []
@@ -247,7 +251,7 @@ def judge(run_json: str, options: dict, batch: int = 1) -> dict:
         rows = [r for r in json.load(f)["results"] if r["batch"] == batch]
     ratios, below, iters = [], [], []
     for r in rows:
-        P = build(Spec(**{k: r[k] for k in Spec.__dataclass_fields__}), batch)
+        P = build(Spec(**{k: r[k] for k in Spec.__dataclass_fields__ if k in r}), batch)
         with torch.no_grad():
             z0 = P.model.h(P.obs)
             actions, info = TrajOpt(**options)(P.objective(z0), P.init(z0))
@@ -294,7 +298,8 @@ def _save(cfg: DictConfig, family: list[Spec], results: list[dict], tuned: list[
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
-            f"| {r['problem']} | {r['batch']} | {r['horizon']} | {r['action_dim']} | {r['head_gain']} | "
+            f"| {r['problem']} | {r['batch']} | {r['horizon']} | {r['action_dim']} | "
+            f"{'trained' if r.get('checkpoint') else r['head_gain']} | "
             f"{r['q_tau']} | {r['init']} | {r['ms']['theseus']:.1f} | {r['J_ref']:.4f} | "
             f"{r['ms']['defaults']:.1f} | {r['cpu_ms']['defaults'] / r['cpu_ms']['theseus']:.3f} | "
             f"{r['ratio_defaults']:.3f} | {r['J']['defaults']:.4f} | {r['iters']['defaults']:.0f} | "

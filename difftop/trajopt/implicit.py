@@ -43,7 +43,8 @@ class _ImplicitGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v: Tensor):
-        return None, ctx.solve(v), None
+        # solve None: every variable is fixed, the gradient is exactly zero and g's graph is not walked
+        return None, None if ctx.solve is None else ctx.solve(v), None
 
 
 def memory_solver(memory: dict | None, fixed: Tensor, fallback: float | Tensor) -> Solve:
@@ -63,6 +64,32 @@ def memory_solver(memory: dict | None, fixed: Tensor, fallback: float | Tensor) 
         return LBFGS.apply_inverse(memory, vf, f) * f
 
     return solve
+
+
+def free_hessian(g: Tensor, x_leaf: Tensor, fixed: Tensor) -> Tensor:
+    """(B, n, n) Hessian of J on the variables free in some sample (zero rows and columns elsewhere),
+    from the gradient graph ``g(x_leaf)`` of the last evaluation: one batched Hessian-vector product per
+    such variable, and none when every variable is fixed.
+
+    Why: the implicit solve restricts H to the free variables (``restrict``), so the rows of fixed ones
+    were computed for nothing; and a solution on the bounds (common for trained agents, whose actions
+    saturate) needs no product at all. Reusing ``g``'s graph also saves the evaluation a fresh Hessian
+    call would repeat."""
+    B, n = g.shape
+    H = g.new_zeros(B, n, n)
+    cols = torch.nonzero((~fixed).any(0)).squeeze(-1)
+    if cols.numel() == 0 or not g.requires_grad:
+        return H
+    k = cols.numel()
+    E = g.new_zeros(k, B, n)
+    E[torch.arange(k, device=g.device), :, cols] = 1.0
+    (rows,) = torch.autograd.grad(g, x_leaf, grad_outputs=E, is_grads_batched=True, retain_graph=True,
+                                  allow_unused=True)
+    if rows is None:
+        return H
+    block = rows.detach().permute(1, 0, 2)[:, :, cols]  # (B, k, k): H on the free variables
+    H[:, cols.unsqueeze(-1), cols.unsqueeze(0)] = 0.5 * (block + block.transpose(1, 2))
+    return H
 
 
 def dense_solver(H: Tensor, fixed: Tensor, floor: float, fallback: float, status: Tensor,
@@ -172,5 +199,5 @@ def cg_solver(g: Tensor, x_leaf: Tensor, fixed: Tensor, memory: dict | None, *, 
     return solve
 
 
-def implicit_output(x_star: Tensor, g: Tensor, solve: Solve) -> Tensor:
+def implicit_output(x_star: Tensor, g: Tensor, solve: Solve | None) -> Tensor:
     return _ImplicitGrad.apply(x_star.detach(), g, solve)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .bounds import BOUNDS, wrap_bounds
 from .box import Box
 from .evaluate import CompiledValueGrad, Problem
-from .implicit import cg_solver, dense_solver, implicit_output, memory_solver
+from .implicit import cg_solver, dense_solver, free_hessian, implicit_output, memory_solver
 from .info import IMPLICIT_INEXACT, INIT_REPLACED, NONFINITE_INIT, TrajOptInfo
 from .refine import REFINE_OPTIONS, lm_refine
 from .solvers import Solver, make_solver, run_solver
@@ -275,6 +275,8 @@ class TrajOpt(nn.Module):
         failed = ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J.detach()) \
             | ~torch.isfinite(g.detach()).all(-1)
         fixed = box.fixed_mask(x_star, g.detach()) | failed.unsqueeze(-1)
+        if bool(fixed.all()):  # every action held at a bound (or failed): d a*/d theta is exactly zero
+            return implicit_output(x_star, g, None)
         memory = res.extra if "S" in res.extra else None
         # newton/lm end with the Hessian itself: their "memory" is exact (damped where indefinite).
         cheap = self.implicit_unconverged == "memory" and res.H is None
@@ -294,7 +296,7 @@ class TrajOpt(nn.Module):
         if res.H is None and not bool((exact & ~failed).any()):
             solve = approx  # no sample needs the true Hessian: no Hessian product at all
         elif kind == "dense":
-            solve = self._dense(prob, x_star, res, fixed, failed, exact, approx)
+            solve = self._dense(g, x_leaf, res, fixed, failed, exact, approx)
         else:
             eps = torch.finfo(x_star.dtype).eps
             tol = self.cg_tol if self.cg_tol is not None else 10 * eps ** (2 / 3)
@@ -304,11 +306,10 @@ class TrajOpt(nn.Module):
                               unit=unit)
         return implicit_output(x_star, g, solve)
 
-    def _dense(self, prob: Problem, x_star: Tensor, res, fixed: Tensor, failed: Tensor, exact: Tensor,
-               approx):
+    def _dense(self, g: Tensor, x_leaf: Tensor, res, fixed: Tensor, failed: Tensor, exact: Tensor, approx):
         H = res.H
-        if H is None:
-            _, _, H = prob.value_grad_hess(x_star)
+        if H is None:  # only the variables an exact sample leaves free need rows (implicit.free_hessian)
+            H = free_hessian(g, x_leaf, fixed | ~(exact & ~failed).unsqueeze(-1))
             # A NaN matrix makes the batched eigendecomposition raise for the whole batch:
             # failed samples (or a non-finite Hessian) get -I and all variables fixed.
             bad = failed | ~torch.isfinite(H).all(-1).all(-1)

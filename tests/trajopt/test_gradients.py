@@ -326,3 +326,41 @@ def test_newton_differentiable_step_with_repeated_eigenvalues(backward):
     torch.testing.assert_close(a.detach().flatten(), torch.tensor([1.0, 1.0, 0.2], dtype=DT))
     torch.testing.assert_close(c.grad, torch.tensor([0.0, 0.0, 1.0], dtype=DT), atol=1e-12, rtol=0)
     torch.testing.assert_close(s.grad, torch.zeros(3, dtype=DT), atol=1e-12, rtol=0)
+
+
+def test_free_hessian_is_the_hessian_on_the_free_variables():
+    from difftop.trajopt.evaluate import Problem
+    from difftop.trajopt.implicit import free_hessian
+
+    P = LatentProblem(seed=4)
+    prob = Problem(P.objective(), P.init.shape)
+    x = P.init.reshape(B, -1) + 0.1
+    _, _, full = prob.value_grad_hess(x)
+    _, g, xl = prob.grad_graph(x)
+    fixed = torch.zeros_like(x, dtype=torch.bool)
+    fixed[:, [0, 3]] = True  # fixed in every sample: no row computed
+    fixed[0, 1] = True  # fixed in one sample only: its row is still needed by the others
+    H = free_hessian(g, xl, fixed)
+    free = torch.tensor([i not in (0, 3) for i in range(x.shape[1])])
+    block = free.unsqueeze(-1) & free.unsqueeze(0)
+    torch.testing.assert_close(H[:, block], full[:, block], rtol=1e-10, atol=1e-12)
+    assert (H[:, ~block] == 0).all()
+    assert (free_hessian(g, xl, torch.ones_like(fixed)) == 0).all()
+
+
+def test_solution_on_the_bounds_needs_no_hessian_product(monkeypatch):
+    """Every action held at a bound: the implicit gradient is exactly zero, and no Hessian row is built."""
+    P = LatentProblem(seed=1, shift=torch.tensor([3.0, -3.0]))
+    batched = []
+    grad = torch.autograd.grad
+
+    def counting(*args, **kw):
+        batched.append(bool(kw.get("is_grads_batched")))
+        return grad(*args, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    a, info = optimize(P.objective(), P.init, low=-1.0, high=1.0, backward="implicit", **SOLVE)
+    assert info.converged.all() and (a.abs() == 1.0).all()
+    a.sum().backward()
+    assert not any(batched)
+    assert all(p.grad is None or (p.grad == 0).all() for p in P.parameters())
