@@ -29,8 +29,9 @@ PARTS = ("_encoder.", "_dynamics.", "_reward.", "_pi.", "_Q1.", "_Q2.")
 
 def export(run: str | Path, out: str | Path, states: int = 256, seed: int = 0) -> Path:
     """Write the problem file of a state-based TD-MPC / DiffTOP run (its latest checkpoint)."""
-    from difftop.diagnostics.pg_gradient_quality import buffer_states, trained_agent
     from safetensors.torch import save_file
+
+    from difftop.diagnostics.pg_gradient_quality import buffer_states, trained_agent
 
     agent, cfg, step = trained_agent(str(run))
     if cfg.obs != "state":
