@@ -150,7 +150,8 @@ def main(cfg: DictConfig) -> int:
     for B in cfg.batch_sizes:
         drawn = [s for s in family if not s.checkpoint]
         # every trained problem runs at every batch size: they are few and the ones nearest a user's
-        todo = family if int(B) == 1 else drawn[: int(cfg.large_problems)] + [s for s in family if s.checkpoint]
+        trained = [s for s in family if s.checkpoint]
+        todo = family if int(B) == 1 else drawn[: int(cfg.large_problems)] + trained
         for spec in todo:
             results.append(_one(cfg, spec, int(B), dtype, traces))
     tuned = _tune(cfg, results, traces) if cfg.tune else []
