@@ -45,7 +45,8 @@ def export(run: str | Path, out: str | Path, states: int = 256, seed: int = 0) -
     meta = {"task": str(cfg.task), "agent": str(cfg.agent), "seed": int(cfg.seed), "agent_step": step,
             "env_steps": step * int(cfg.action_repeat), "obs_dim": int(model.obs_shape[0]),
             "action_dim": int(model.action_dim), "latent_dim": int(cfg.latent_dim),
-            "mlp_dim": int(cfg.mlp_dim), "enc_dim": int(cfg.enc_dim), "horizon": int(cfg.horizon), "discount": float(cfg.discount),
+            "mlp_dim": int(cfg.mlp_dim), "enc_dim": int(cfg.enc_dim), "horizon": int(cfg.horizon),
+            "discount": float(cfg.discount),
             "eval_return": float(last[3]) if len(last) > 3 else None, "source": str(run),
             "buffer_seed": seed}
     out = Path(out)
