@@ -23,7 +23,7 @@ __all__ = ["evaluate_il_checkpoint"]
 
 def evaluate_il_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
     from difftop.il.policies import policy_from_state
-    from difftop.il.rollout import rollout
+    from difftop.il.rollout import check_action_frame, rollout
     from difftop.tasks import get_task
 
     run = OmegaConf.create(state["config"])
@@ -36,6 +36,7 @@ def evaluate_il_checkpoint(cfg: DictConfig, state: dict, path: Path) -> dict:
         policy = policy_from_state(state).to(device)
     except (KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"checkpoint {path}: cannot rebuild its policy ({type(e).__name__}: {e})") from None
+    check_action_frame(policy, get_task(run.task), f"checkpoint {path}")
     out = Path(str(cfg.out_dir))  # difftop.evaluate.main has filled and checked it
     step = int(state["step"])
     video = out / f"checkpoint_{step:08d}.mp4" if cfg.video else None

@@ -18,7 +18,18 @@ import torch
 
 from difftop.tasks import Task, get_task
 
-__all__ = ["get_task", "rollout", "eval_row"]
+__all__ = ["check_action_frame", "get_task", "rollout", "eval_row"]
+
+
+def check_action_frame(policy: Any, task: Task, what: str) -> None:
+    """UserError when ``policy`` was trained in another action frame than ``task`` acts in now (new runs
+    record it in their spec; the earlier ManiSkill runs in absolute targets had it written in)."""
+    from difftop.errors import UserError
+
+    frame = (getattr(policy, "_difftop_spec", None) or {}).get("action_frame")
+    if frame is not None and frame != task.action_frame:  # unrecorded (older runs): trusted
+        raise UserError(f"{what} was trained on {frame} actions, but task {task.name} now takes "
+                        f"{task.action_frame} actions: retrain it (its numbers would mean something else)")
 
 
 def eval_row(task: Task, res: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +54,7 @@ def rollout(policy: Any, task: str, obs_type: str, episodes: int, seed: int, *, 
     from difftop.utils.video import save_video
 
     spec = get_task(task)
+    check_action_frame(policy, spec, "this policy")
     meta = policy.shape_meta
     To, Ta = meta.obs_horizon, meta.n_action_steps
     keys = spec.keys(obs_type)

@@ -32,7 +32,7 @@ from difftop import engine
 from difftop.engine import Context, Loop, RunSpec
 from difftop.engine import distributed as dist
 from difftop.errors import UserError
-from difftop.il.rollout import eval_row
+from difftop.il.rollout import check_action_frame, eval_row
 from difftop.nn.ema import ema_update_
 from difftop.tasks import get_task
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint
@@ -293,6 +293,7 @@ class ILLoop(Loop):
         if state is not None:
             policy = policy_from_spec(state["spec"])
             spec = state["spec"]
+            check_action_frame(policy, task, f"the run in {cfg.out_dir}")
         else:
             base = None
             if cfg.base:
@@ -302,7 +303,10 @@ class ILLoop(Loop):
                     raise UserError(f"base {cfg.base} was trained on observations {dict(bmeta.obs)} / action "
                                     f"dim {bmeta.action_dim}, this run has {obs_shapes} / {action_dim}")
             params = OmegaConf.to_container(cfg.policy_params, resolve=True)  # plain lists/dicts in the spec
+            if base is not None:
+                check_action_frame(base, task, f"base {cfg.base}")
             policy, spec = build_policy(cfg.policy, obs_shapes, action_dim, params, base)
+            spec["action_frame"] = task.action_frame
             if not getattr(policy, "follow_base_chunks", False):  # IBC queries its base once per chunk
                 chunk_warning(base, policy.shape_meta.n_action_steps, cfg.policy)
         meta = policy.shape_meta

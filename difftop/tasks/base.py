@@ -63,6 +63,9 @@ class Task:
     expert: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    #: the frame of the policy's actions; a policy trained in another frame (a checkpoint from before a
+    #: task changed it) would act on the wrong numbers without a word, so rollouts and bases check it
+    action_frame: str = "absolute"
 
     def keys(self, obs_type: str) -> tuple[str, ...]:
         if obs_type not in self.obs_keys:

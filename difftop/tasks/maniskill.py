@@ -58,6 +58,7 @@ def _task(name: str, expert: str, description: str, metrics: tuple[Metric, ...] 
         env_obs=_env_obs,
         derive=_derive,
         metrics=metrics,
+        action_frame=ACTION_FRAME,
         expert=f"difftop.il.experts.maniskill_experts:{expert}",
         description=description,
     )

@@ -150,3 +150,19 @@ def test_pickcube_point_cloud_env():
         assert obs2["point_cloud"].shape == (256, 6)
     finally:
         env.close()
+
+
+def test_a_policy_trained_in_another_action_frame_is_refused():
+    from types import SimpleNamespace
+
+    from difftop.il.rollout import check_action_frame
+    from difftop.tasks import get_task
+
+    pick, pusht = get_task("maniskill-pickcube"), get_task("pusht")
+    old = SimpleNamespace(_difftop_spec={"name": "bc", "action_frame": "absolute"})
+    with pytest.raises(UserError, match="trained on absolute actions.*takes delta actions") as e:
+        check_action_frame(old, pick, "checkpoint x")
+    assert "\n" not in str(e.value) and str(e.value).startswith("checkpoint x")
+    check_action_frame(SimpleNamespace(_difftop_spec={"action_frame": "delta"}), pick, "p")
+    check_action_frame(SimpleNamespace(_difftop_spec={"name": "bc"}), pick, "p")  # unrecorded: trusted
+    check_action_frame(old, pusht, "p")

@@ -171,6 +171,7 @@ def test_every_policy_trains_on_two_cameras_and_proprio_and_acts(official, tmp_p
     policy_obj, state = load_policy(out)
     meta = policy_obj.shape_meta
     assert dict(meta.obs) == {"state": (5,), CAMS[0]: (3, 20, 20), CAMS[1]: (3, 20, 20)}
+    assert state["spec"]["action_frame"] == "absolute"  # recorded, so a later change of frame is caught
     prefix = "obs_encoder" if policy == "difftop" else "encoder"  # one conv encoder per camera
     assert meta.action_dim == 7 and all(f"{prefix}.images.{c}.proj.weight" in state["policy"] for c in CAMS)
     data = load_dataset(path, obs_keys=KEYS.split("=")[1].strip("[]").split(","))
