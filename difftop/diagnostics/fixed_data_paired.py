@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("updates", "seeds", "episodes", "pg_every"):
             if getattr(args, key) < 1:
                 raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-        text, rows = report(args)
+        text, rows = report(args, _partial(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -271,11 +272,46 @@ def main(argv: list[str] | None = None) -> int:
             w.writeheader()
             w.writerows(rows)
         args.out.with_suffix(".md").write_text(text + "\n")
+        args.out.with_suffix(".partial.jsonl").unlink(missing_ok=True)
     return 0
 
 
-def report(args) -> tuple[str, list[dict]]:
-    """(the markdown table and summary, the per-seed rows) of one probe run."""
+class _Partial:
+    """Finished seeds of an interrupted probe (``<out>.partial.jsonl``, one JSON row per line), so that a
+    rerun with the same arguments skips them: a trainer-dose row takes over an hour of 2-core CPU per seed,
+    and the seeds are independent and deterministic (a rerun reproduced its first seeds exactly). Rows of
+    other arguments are ignored (the file starts over)."""
+
+    def __init__(self, path: Path | None, key: dict):
+        self.path, self.key, self.rows = path, key, {}
+        if path is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by the interruption
+                    continue
+                if rec.get("key") == key:
+                    self.rows[str(rec["row"]["seed"])] = rec["row"]
+
+    def get(self, seed) -> dict | None:
+        return self.rows.get(str(seed))
+
+    def add(self, row: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"key": self.key, "row": row}, default=float) + "\n")
+
+
+def _partial(args) -> _Partial:
+    keys = ("run", "updates", "seeds", "episodes", "eval_seed", "pg_mode", "pg_every", "pg_states", "sets")
+    key = {k: str(getattr(args, k)) for k in keys}
+    return _Partial(args.out.with_suffix(".partial.jsonl") if args.out else None, key)
+
+
+def report(args, partial: _Partial | None = None) -> tuple[str, list[dict]]:
+    """(the markdown table and summary, the per-seed rows) of one probe run; seeds found in ``partial``
+    (an interrupted run's) are not run again."""
+    partial = partial or _Partial(None, {})
     from difftop.rl.trainer import MAX_EVAL_ENVS, build
 
     cfg, state, buffer = load_run(args.run, args.sets)
@@ -284,18 +320,29 @@ def report(args) -> tuple[str, list[dict]]:
     env.close()
     t0 = time.perf_counter()
     try:
-        ref = evaluate_solve(_arm(cfg, state, buffer, "none"), evals, args.episodes, step, args.eval_seed)
-        rows = [{"seed": "start", "return_A": ref["returns"].mean(), "return_B": ref["returns"].mean(),
-                 "diff": 0.0, "J_A": ref["J"], "J_B": ref["J"], "gap_A": ref["gap"], "gap_B": ref["gap"],
-                 "pg_steps": 0, "pg_grad_norm": float("nan")}]
+        start = partial.get("start")
+        if start is None:
+            ref = evaluate_solve(_arm(cfg, state, buffer, "none"), evals, args.episodes, step, args.eval_seed)
+            start = {"seed": "start", "return_A": float(ref["returns"].mean()),
+                     "return_B": float(ref["returns"].mean()), "diff": 0.0, "J_A": ref["J"], "J_B": ref["J"],
+                     "gap_A": ref["gap"], "gap_B": ref["gap"], "pg_steps": 0, "pg_grad_norm": float("nan")}
+            partial.add(start)
+        rows = [start]
         for k in range(args.seeds):
+            done = partial.get(k)
+            if done is not None:
+                rows.append(done)
+                print(f"seed {k + 1}/{args.seeds}: kept from an interrupted run", file=sys.stderr, flush=True)
+                continue
             a, b, pg = run_arms(cfg, state, buffer, updates=args.updates, seed=k, pg_mode=args.pg_mode,
                                 pg_every=args.pg_every, pg_states=args.pg_states)
             ea = evaluate_solve(a, evals, args.episodes, step + args.updates, args.eval_seed)
             eb = evaluate_solve(b, evals, args.episodes, step + args.updates, args.eval_seed)
-            rows.append({"seed": k, "return_A": ea["returns"].mean(), "return_B": eb["returns"].mean(),
+            rows.append({"seed": k, "return_A": float(ea["returns"].mean()),
+                         "return_B": float(eb["returns"].mean()),
                          "diff": float((eb["returns"] - ea["returns"]).mean()), "J_A": ea["J"],
                          "J_B": eb["J"], "gap_A": ea["gap"], "gap_B": eb["gap"], **pg})
+            partial.add(rows[-1])
             # a long probe (minutes per seed): one line per finished seed, so a log shows how far it got
             print(f"seed {k + 1}/{args.seeds}: return A {rows[-1]['return_A']:.1f}, "
                   f"B {rows[-1]['return_B']:.1f} ({time.perf_counter() - t0:.0f} s)",

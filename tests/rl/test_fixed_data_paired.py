@@ -79,3 +79,31 @@ def test_bad_input_is_one_error_line(run, capsys):
     assert fixed_data_paired.main([run, "--updates", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("error: ") for e in err), err
+
+
+def test_an_interrupted_probe_resumes_from_its_finished_seeds(run, tmp_path, monkeypatch):
+    """Seeds written to <out>.partial.jsonl are not run again, and the result equals an uninterrupted run."""
+    from difftop.diagnostics import fixed_data_paired as fdp
+
+    args = [run, "--updates", "2", "--seeds", "2", "--episodes", "1", "--set", TANH]
+    clean = tmp_path / "clean"
+    assert fdp.main([*args, "--out", str(clean)]) == 0
+    out = tmp_path / "cut"
+    real, calls = fdp.run_arms, []
+
+    def cut_after_first(*a, **kw):
+        calls.append(kw["seed"])
+        if kw["seed"] == 1:
+            raise KeyboardInterrupt  # the machine went away during seed 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fdp, "run_arms", cut_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        fdp.main([*args, "--out", str(out)])
+    assert out.with_suffix(".partial.jsonl").is_file() and not out.with_suffix(".csv").exists()
+    calls.clear()
+    monkeypatch.setattr(fdp, "run_arms", lambda *a, **kw: calls.append(kw["seed"]) or real(*a, **kw))
+    assert fdp.main([*args, "--out", str(out)]) == 0
+    assert calls == [1]  # seed 0 (and the start row) came from the partial file
+    assert out.with_suffix(".csv").read_text() == clean.with_suffix(".csv").read_text()
+    assert not out.with_suffix(".partial.jsonl").exists()
