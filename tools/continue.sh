@@ -7,7 +7,7 @@
 #   nohup bash tools/continue.sh il > runs/logs/il.log 2>&1 &    # issues 29-30: images, point clouds
 # rl: tools/run_mech50k.sh on reacher-easy, finger-spin and cartpole-swingup-sparse, checkpoint seed 1,
 #     then seeds 2-5 (results/rl/fixed-data/50k/).
-# il: the Square image demos (data/square_image.hdf5), the PickCube point-cloud table (BC vs DiffTOP + BC,
+# il: the PickCube point-cloud table (BC vs DiffTOP + BC,
 #     seeds 0-2, relative joint targets, 8-action chunks; results/il/pointcloud/), the Push-T image table's
 #     BC rows (results/il/pusht-images/), the Square image table (results/il/robomimic-images/),
 #     Push-T's Diffusion rows, then ToolHang and Transport (demos, BC and DiffTOP + BC on seed 0).
@@ -58,8 +58,6 @@ case ${1:-} in
       bash tools/run_mech50k.sh "cartpole-swingup-sparse reacher-easy finger-spin" "$seed"
     done ;;
   il)
-    MUJOCO_GL=egl OMP_NUM_THREADS=1 .venv/bin/difftop demos task=square episodes=200 \
-      out=data/square_image.hdf5 progress=false
     bash tools/run_il_pickcube.sh "bc difftop_bc" "0 1 2"
     OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "bc difftop_bc" "0 1 2" cpu
     bash tools/run_il_robomimic.sh square "bc difftop_bc diffusion difftop_diffusion" "0 1 2"

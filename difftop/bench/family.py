@@ -109,7 +109,10 @@ class FamilyProblem:
 
     def objective(self, z0: Tensor):
         m = self.model
-        return latent_objective(z0, m.dynamics, m.reward, self.terminal, gamma=self.gamma, batch_rewards=True)
+        # the model's taped functions (same values as dynamics / reward / terminal above; the solvers'
+        # graph-free evaluations then skip autograd, difftop/nn/vjp.py)
+        return latent_objective(z0, m.dynamics_fn, m.reward_fn, m.q_min_fn(self.spec.q_tau), gamma=self.gamma,
+                                batch_rewards=True)
 
     def init(self, z0: Tensor) -> Tensor:
         """The warm start (B, H, m) of the spec's kind; random ones are seeded by the spec."""

@@ -33,7 +33,7 @@ class PlanningProblem:
 
     def objective(self, z0: Tensor):
         m = self.model
-        return latent_objective(z0, m.dynamics, m.reward, self.terminal, gamma=self.gamma,
+        return latent_objective(z0, m.dynamics_fn, m.reward_fn, m.q_min_fn(self.q_tau), gamma=self.gamma,
                                 batch_rewards=self.batch_rewards)
 
     def policy_init(self, z0: Tensor) -> Tensor:

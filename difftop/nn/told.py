@@ -24,12 +24,14 @@ dimensions and any float dtype.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from difftop.nn.mlp import mlp
+from difftop.nn.vjp import ConcatMLP, TwinMin
 
 __all__ = [
     "PI_NOISE_CLIP",
@@ -215,6 +217,25 @@ class TOLD(nn.Module):
         for m in (self._Q1, self._Q2):
             for p in m.parameters():
                 p.requires_grad_(enable)
+
+    # -- the objective's functions with a hand-written VJP (difftop/nn/vjp.py): same values as
+    # dynamics / reward / min of Q below, and the fast graph-free path of latent_objective
+    @functools.cached_property
+    def dynamics_fn(self) -> ConcatMLP:
+        """``d(z, a)`` as a `ConcatMLP` (callable like `dynamics`)."""
+        return ConcatMLP(self._dynamics)
+
+    @functools.cached_property
+    def reward_fn(self) -> ConcatMLP:
+        """``R(z, a)`` as a `ConcatMLP` (callable like `reward`)."""
+        return ConcatMLP(self._reward)
+
+    def q_min_fn(self, tau: float = 0.0) -> TwinMin:
+        """``smooth_min(*Q(z, a), tau=tau)`` as a `TwinMin` (B,)."""
+        cache = self.__dict__.setdefault("_q_min_fns", {})
+        if tau not in cache:
+            cache[tau] = TwinMin(ConcatMLP(self._Q1), ConcatMLP(self._Q2), tau)
+        return cache[tau]
 
     def h(self, obs: torch.Tensor) -> torch.Tensor:
         """Encode observations ``(..., *obs_shape)`` into latents ``(..., latent_dim)``."""

@@ -51,7 +51,7 @@ from difftop.rl.mppi import estimate_value
 from difftop.rl.replay import Batch
 from difftop.rl.schedules import linear_schedule
 from difftop.rl.tdmpc import Actor, Agent, MPPIActor, Prepared, TDMPCAgent, WorldModel, clipped_step
-from difftop.trajopt import TrajOptConfig, latent_objective, smooth_min
+from difftop.trajopt import TrajOptConfig, latent_objective
 
 __all__ = ["DiffTOPAgent", "INITS", "PG_MODES", "TERMINALS", "TrajOptActor", "VARIANTS", "make_agent",
            "resolve_qs_horizon", "resolve_variant"]
@@ -161,8 +161,9 @@ class TrajOptActor(Actor):
         if self.terminal == "pi":  # H actions, terminal min Q(z_H, pi(z_H)) (the release's)
             gamma = self.cfg.discount
             return lambda actions: estimate_value(m, z0, actions.transpose(0, 1), gamma).squeeze(-1)
-        return latent_objective(z0, m.dynamics, m.reward,
-                                terminal=lambda z, a: smooth_min(*m.Q(z, a), tau=tau),
+        # the model's taped functions: the same values as m.dynamics, m.reward and smooth_min(*m.Q), and
+        # graph-free evaluations without autograd (difftop/nn/vjp.py)
+        return latent_objective(z0, m.dynamics_fn, m.reward_fn, terminal=m.q_min_fn(tau),
                                 gamma=self.cfg.discount, batch_rewards=True)
 
     def solve(self, z0: torch.Tensor, step: int, explore: bool, record: bool = True) -> torch.Tensor:

@@ -83,6 +83,7 @@ class TrajOptConfig:
     implicit_solver: auto | dense | cg; implicit_unconverged: memory | exact;
     bounds: project | tanh | sigmoid | barrier, bounds_weight (>= 0): as TrajOpt (difftop.trajopt.bounds);
     compile_objective (bool): as TrajOpt (torch.compile of the objective's value and gradient);
+    objective_vjp (bool): as TrajOpt (the objective's own graph-free value and gradient, when it has one);
     options: further options of the chosen solver (lbfgs: memory, sign_iters, sign_step, reduced;
     newton: eig_floor; lm: damping, max_damping_tries; any of these: max_backtracks, armijo, max_step,
     implicit_fallback, implicit_eig_floor, cg_tol, cg_max_iters, dense_max_batch; theseus: step_size,
@@ -102,6 +103,7 @@ class TrajOptConfig:
     bounds: str = "project"
     bounds_weight: float = 1e-3
     compile_objective: bool = False
+    objective_vjp: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     where: InitVar[str] = "trajopt"
 
@@ -116,9 +118,9 @@ class TrajOptConfig:
         _choice(f"{where}.implicit_unconverged", self.implicit_unconverged, UNCONVERGED_MODES)
         _choice(f"{where}.bounds", self.bounds, BOUNDS)
         require_number(f"{where}.bounds_weight", self.bounds_weight, low=0.0)
-        if not isinstance(self.compile_objective, bool):
-            raise UserError(f"{where}.compile_objective must be true or false, "
-                            f"got {self.compile_objective!r}")
+        for flag in ("compile_objective", "objective_vjp"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UserError(f"{where}.{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.solver == "lm_refine" and self.backward == "implicit":
             raise UserError(f"{where}.backward=implicit does not apply to lm_refine (never converged); "
                             "use truncated, unroll or none")

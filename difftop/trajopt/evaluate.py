@@ -78,11 +78,20 @@ class CompiledValueGrad:
 class Problem:
     """Wraps a user objective on flattened (B, n) variables."""
 
-    def __init__(self, objective: Objective, shape: torch.Size, compiled: CompiledValueGrad | None = None):
+    def __init__(self, objective: Objective, shape: torch.Size, compiled: CompiledValueGrad | None = None,
+                 fast: bool = True):
         self.objective = objective
         # Graph-free value_grad calls after the first (which checks that J depends on the actions at all)
         # go through this compiled function when given (TrajOpt(compile_objective=True)).
         self.compiled = compiled
+        # ... or through the objective's own graph-free `value_grad(actions) -> (J, dJ/dA)` when it has
+        # one (latent_objective over functions with a hand-written VJP, difftop/nn/vjp.py)
+        own = getattr(objective, "value_grad", None) if fast else None
+        self.fast = own if callable(own) and compiled is None else None
+        # whether the first evaluation may skip autograd's check that J depends on the actions at all: a
+        # select()ed problem (its parent's first evaluation checked), and an objective with its own
+        # value_grad (the latent objective feeds every action into a Linear layer: it depends on them)
+        self.checked = self.fast is not None
         self.evals = 0
         self.shape = shape  # (B, H, m)
         self.batch = shape[0]
@@ -109,9 +118,11 @@ class Problem:
     def select(self, idx: Tensor) -> Problem:
         """The problem of the samples idx alone (solver compaction, solvers.base.compact_step): the
         objective's `rows(idx)`, their units of J; graph-free (no record, no compiled evaluation)."""
-        sub = Problem(self.objective.rows(idx), torch.Size((idx.shape[0], *self.shape[1:])))
+        sub = Problem(self.objective.rows(idx), torch.Size((idx.shape[0], *self.shape[1:])),
+                      fast=self.fast is not None)
         sub.scale = None if self.scale is None else self.scale.index_select(0, idx)
         sub.no_action_grad = self.no_action_grad
+        sub.checked = sub.checked or self.evals > 0
         return sub
 
     def absorb(self, sub: Problem) -> None:
@@ -148,6 +159,10 @@ class Problem:
             out = self.compiled(self.objective, x, tuple(self.shape))
             if out is not None:
                 return out
+        if self.fast is not None and (self.evals > 1 or self.checked) and not create_graph \
+                and not self.record and not self.no_action_grad:
+            J, g = self.fast(x.reshape(self.shape))
+            return J.reshape(self.batch), g.reshape(self.batch, self.n)
         if self.record and not create_graph:
             J, g, xl = self.grad_graph(x)
             self.recorded = (xl, J, g)

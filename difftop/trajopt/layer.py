@@ -79,6 +79,10 @@ class TrajOpt(nn.Module):
       lbfgs/pgd through torch.compile (evaluate.CompiledValueGrad): same iterates to float rounding,
       fewer per-op overheads at small batch, but ~20 s of compilation at the first call for each new
       objective code, model or shape; falls back to eager evaluation (one warning) when compiling fails.
+    objective_vjp: when the objective has its own graph-free `value_grad(actions) -> (J, dJ/dA)` (the
+      latent objective over a model's taped functions, difftop/nn/vjp.py), the graph-free iterations call
+      it instead of autograd: the same values, bit for bit on TD-MPC's networks, ~1.2x faster solves at
+      batch 1 (results/trajopt/README.md, round 6); false evaluates every iterate with autograd.
 
     Degenerate inputs have a defined outcome: float16/bfloat16 actions are solved in float32 (see
     _low_precision); an empty batch (B = 0) returns empty actions and an empty info without calling the
@@ -93,7 +97,8 @@ class TrajOpt(nn.Module):
                  cg_tol: float | None = None, cg_max_iters: int | None = None,
                  low: float | Tensor = -1.0, high: float | Tensor = 1.0, dense_max_batch: int = 16,
                  implicit_unconverged: str = "memory", ftol: float = 3e-2, bounds: str = "project",
-                 bounds_weight: float = 1e-3, compile_objective: bool = False, **solver_options):
+                 bounds_weight: float = 1e-3, compile_objective: bool = False, objective_vjp: bool = True,
+                 **solver_options):
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__", "solver_options")}
         super().__init__()
         self._settings = {**settings, **solver_options}  # what replace() starts from
@@ -129,6 +134,7 @@ class TrajOpt(nn.Module):
         self.solver_options = dict(solver_options)
         # graph-free evaluations of the solve through torch.compile (evaluate.CompiledValueGrad)
         self._compiled = CompiledValueGrad() if compile_objective else None
+        self.objective_vjp = bool(objective_vjp)  # the objective's own value_grad, when it has one
         if solver == "theseus":
             from . import theseus_backend
 
@@ -218,11 +224,13 @@ class TrajOpt(nn.Module):
                 info.status |= torch.where(replaced, INIT_REPLACED, 0).to(info.status.device)
             return x, info
         compiled = self._compiled if not self.solver.needs_hessian else None
-        prob = Problem(objective, shape, compiled)
-        # compiled evaluations keep no graph: the implicit backward then evaluates once more at the solution
+        prob = Problem(objective, shape, compiled, fast=self.objective_vjp)
+        # compiled and hand-written (prob.fast) evaluations keep no graph: the implicit backward then
+        # evaluates once more at the solution
         res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=tol,
                          graph_iters=self.backward_iters if mode == "truncated" else 0,
-                         unroll=mode == "unroll", record_last=mode == "implicit" and compiled is None,
+                         unroll=mode == "unroll",
+                         record_last=mode == "implicit" and compiled is None and prob.fast is None,
                          ftol=self.ftol)
         if replaced is not None:
             res.status |= torch.where(replaced, INIT_REPLACED, 0)

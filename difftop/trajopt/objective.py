@@ -90,4 +90,59 @@ def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None =
                                 batch_rewards=batch_rewards)
 
     objective.rows = rows
+    if all(_taped(f) for f in (dynamics, reward, terminal) if f is not None):
+        objective.value_grad = _value_grad(z0, dynamics, reward, terminal, gamma, batch_rewards)
     return objective
+
+
+def _taped(f) -> bool:
+    return callable(getattr(f, "taped", None)) and callable(getattr(f, "vjp", None))
+
+
+def _value_grad(z0: Tensor, dynamics, reward, terminal, gamma: float, batch_rewards: bool):
+    """(J, dJ/dA) of the latent objective without autograd, for functions with `taped`/`vjp`
+    (difftop/nn/vjp.py): the solvers' graph-free evaluations (evaluate.Problem.value_grad) take it.
+
+    The same sums as `objective` above, in the same order; the backward walks the rollout once, from the
+    last step to the first, adding each step's reward (and the terminal's) gradient to the latent's."""
+
+    def value_grad(actions: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            B, T, m = actions.shape
+            zs, tapes = [z0], []
+            for t in range(T - 1):
+                z, tape = dynamics.taped(zs[-1], actions[:, t])
+                zs.append(z)
+                tapes.append(tape)
+            last = T - 1 if terminal is not None else T
+            discs = [1.0]
+            for _ in range(last):
+                discs.append(discs[-1] * gamma)
+            gz = [None] * T  # dJ/dz_t from the reward and terminal at step t
+            ga = [None] * T
+            if batch_rewards and last > 0:
+                acts = actions[:, :last].transpose(0, 1).reshape(last * B, m)
+                r, tape = reward.taped(torch.cat(zs[:last], 0), acts)
+                d = r.new_tensor(discs[:last]).unsqueeze(-1)
+                total = (d * _scalar(r).reshape(last, B)).sum(0)
+                gzr, gar = reward.vjp(tape, d.expand(last, B).reshape(r.shape))
+                gz[:last] = gzr.reshape(last, B, -1).unbind(0)
+                ga[:last] = gar.reshape(last, B, m).unbind(0)
+            else:
+                total = z0.new_zeros(B)
+                for t in range(last):
+                    r, tape = reward.taped(zs[t], actions[:, t])
+                    total = total + discs[t] * _scalar(r)
+                    gz[t], ga[t] = reward.vjp(tape, r.new_full(r.shape, discs[t]))
+            if terminal is not None:
+                q, tape = terminal.taped(zs[T - 1], actions[:, T - 1])
+                total = total + discs[last] * _scalar(q)
+                gz[T - 1], ga[T - 1] = terminal.vjp(tape, q.new_full(q.shape, discs[last]))
+            g = gz[T - 1]
+            for t in range(T - 2, -1, -1):  # back through z_{t+1} = d(z_t, a_t)
+                gzd, gad = dynamics.vjp(tapes[t], g)
+                ga[t] = ga[t] + gad
+                g = gz[t] + gzd
+            return total, torch.stack(ga, 1)
+
+    return value_grad

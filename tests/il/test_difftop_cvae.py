@@ -225,12 +225,12 @@ def test_a_failed_solve_is_left_out_of_the_loss():
         v = value(z, a)
         return torch.where(torch.arange(len(v)) == 0, torch.full_like(v, float("nan")), v)
 
-    p._value = nan_first
+    p._taped = (p._dynamics, nan_first)  # what the objective calls (autograd functions here)
     loss, metrics = p.compute_loss(_batch(meta))
     assert torch.isfinite(loss) and metrics["solve_failed"] == pytest.approx(1 / B)
     loss.backward()
     assert all(torch.isfinite(q.grad).all() for q in p.parameters() if q.grad is not None)
-    p._value = lambda z, a: torch.full_like(value(z, a), float("nan"))
+    p._taped = (p._dynamics, lambda z, a: torch.full_like(value(z, a), float("nan")))
     loss, metrics = p.compute_loss(_batch(meta))
     assert not torch.isfinite(loss) and metrics["solve_failed"] == 1.0  # the trainer skips such a step
     _, info, _ = p.solve(_batch(meta)["obs"])
@@ -245,3 +245,25 @@ def test_image_observations():
     loss.backward()
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in p.obs_encoder.parameters())
     assert p.eval().predict_action(batch["obs"]).shape == (B, 1, M)
+
+
+@pytest.mark.parametrize("prox", [0.0, 0.3])
+def test_objective_has_autograds_value_and_gradient_without_autograd(prox):
+    """The objective's graph-free value_grad (hand-written VJPs of d and f, and of the proximal term) equals
+    autograd's: the solver's iterations take it (difftop/nn/vjp.py). Bit for bit without the proximal
+    term; with it, to rounding (autograd adds the three gradient terms of an action in another order)."""
+    meta = _meta(H=3)
+    p = _policy(meta, prox=prox)
+    g = torch.Generator().manual_seed(1)
+    z_s, z_t = torch.randn(B, 6, generator=g), torch.randn(B, 4, generator=g)
+    anchor = torch.rand(B, 3, M, generator=g) * 2 - 1
+    A = torch.rand(B, 3, M, generator=g) * 2 - 1
+    J = p.objective(z_s, z_t, anchor)
+    v, grad = J.value_grad(A)
+    Al = A.clone().requires_grad_(True)
+    v2 = J(Al)
+    (grad2,) = torch.autograd.grad(v2.sum(), Al)
+    assert torch.equal(v, v2.detach())
+    if prox == 0:
+        assert torch.equal(grad, grad2)
+    torch.testing.assert_close(grad, grad2, rtol=1e-6, atol=1e-7)

@@ -113,13 +113,20 @@ def test_compaction_matches_full_batch_on_latent_objectives(spec):
     parameter gradients to float tolerance as the full-batch path, with the objective called on fewer rows."""
     P = build(spec, 48, latent_dim=16, mlp_dim=32, dtype=torch.float64)
     sizes: list[int] = []
-    dyn = P.model.dynamics
+    dyn = P.model.dynamics_fn  # what the objective calls: with autograd, and taped (graph-free)
 
-    def counted(z, a):
-        sizes.append(z.shape[0])
-        return dyn(z, a)
+    class Counted:
+        def __call__(self, z, a):
+            sizes.append(z.shape[0])
+            return dyn(z, a)
 
-    P.model.dynamics = counted
+        def taped(self, z, a):
+            sizes.append(z.shape[0])
+            return dyn.taped(z, a)
+
+        vjp = staticmethod(dyn.vjp)
+
+    P.model.dynamics_fn = Counted()
     w = torch.linspace(-1, 1, spec.action_dim, dtype=torch.float64)
     out = {}
     for compact in (0, 8):
@@ -169,4 +176,6 @@ def test_compaction_through_the_bounds_transformations(bounds):
         out[compact] = (x, info, obj.calls)
     (x0, i0, c0), (x1, i1, c1) = out[0], out[4]
     assert set(c0) == {40} and min(c1) < 40
-    assert torch.equal(x0, x1) and torch.equal(i0.iterations, i1.iterations)
+    # not bit-equal on every CPU: with AVX-512, sigmoid of a 40-row and of a 13-row tensor round some
+    # entries differently (the vectorised loop's tail), 1e-16 apart
+    assert torch.allclose(x0, x1, rtol=0, atol=1e-12) and torch.equal(i0.iterations, i1.iterations)

@@ -54,8 +54,9 @@ BAD = [
                         "got 'foo'"),
     ({"slover": "lm"}, "trajopt.slover is not a trajopt setting; valid: solver, backward, max_iters, tol, "
                        "ftol, backward_iters, implicit_solver, implicit_unconverged, bounds, bounds_weight, "
-                       "compile_objective, options"),
+                       "compile_objective, objective_vjp, options"),
     ({"compile_objective": "yes"}, "trajopt.compile_objective must be true or false, got 'yes'"),
+    ({"objective_vjp": 1}, "trajopt.objective_vjp must be true or false, got 1"),
     ({"backward": "implicit_cg"}, "trajopt.backward must be one of implicit, unroll, truncated, none, "
                                   "got 'implicit_cg'"),
     ({"max_iters": -1}, "trajopt.max_iters must be an integer >= 0, got -1"),

@@ -152,7 +152,8 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     with pytest.warns(RuntimeWarning, match="fell back to eager"):
         a_c, info_c, g_c = _solve_and_grad(P, layer)
     assert isinstance(layer._compiled.error, RuntimeError)
-    torch.testing.assert_close(a_c, a_ref, rtol=0, atol=0)
+    # the fallback evaluates with autograd, the defaults with the model's hand-written VJP (difftop/nn/vjp.py)
+    torch.testing.assert_close(a_c, a_ref, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(g_c, g_ref, rtol=1e-12, atol=1e-14)
 
 

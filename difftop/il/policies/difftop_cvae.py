@@ -22,6 +22,7 @@ loss instead of crashing training.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from difftop.il.policies.base import Policy, ShapeMeta
 from difftop.il.policies.bc import build_encoder, freeze, normalize_obs, recent_obs
 from difftop.il.policies.registry import register_policy
 from difftop.nn.mlp import mlp
+from difftop.nn.vjp import ConcatMLP, supported
 from difftop.trajopt import TrajOptConfig, TrajOptInfo, latent_objective
 
 __all__ = ["DiffTOPPolicy", "INITS", "kl_to_standard_normal"]
@@ -192,7 +194,7 @@ class DiffTOPPolicy(Policy):
         z_0 = [z~, z_s]; ``anchor`` is the initial plan (the proximal term is off when prox = 0).
         """
         z0 = torch.cat([z_tilde, z_s], -1)
-        J = latent_objective(z0, self._dynamics, self._value, gamma=self.gamma)
+        J = latent_objective(z0, *self._taped, gamma=self.gamma)
         if self.prox <= 0 or anchor is None:
             return J
         anchor, prox = anchor.detach(), self.prox
@@ -203,9 +205,25 @@ class DiffTOPPolicy(Policy):
 
             # restrictable to rows, as J is (the solvers compact stopped samples away)
             objective.rows = lambda idx: proximal(J.rows(idx), anchor.index_select(0, idx))
+            if hasattr(J, "value_grad"):
+                def value_grad(actions: Tensor) -> tuple[Tensor, Tensor]:
+                    """J's graph-free (value, gradient) and the proximal term's, in autograd's order."""
+                    v, g = J.value_grad(actions)
+                    d = actions - anchor
+                    return v - 0.5 * prox * d.pow(2).sum((1, 2)), g + (-(0.5 * prox)) * (2 * d.pow(1))
+
+                objective.value_grad = value_grad
             return objective
 
         return proximal(J, anchor)
+
+    @functools.cached_property
+    def _taped(self) -> tuple:
+        """(d, f) for the objective: with hand-written VJPs when they are plain MLPs (difftop/nn/vjp.py: the
+        solver's graph-free evaluations skip autograd; same values), else the methods below."""
+        if supported(self.d) and supported(self.f):
+            return ConcatMLP(self.d), ConcatMLP(self.f)
+        return self._dynamics, self._value
 
     def _dynamics(self, z: Tensor, a: Tensor) -> Tensor:
         return self.d(torch.cat([z, a.to(z.dtype)], -1))

@@ -1,0 +1,181 @@
+"""The hand-written tapes and VJPs (difftop/nn/vjp.py) and the latent objective's graph-free value_grad
+built on them: the same values as autograd, bit for bit where the ops are autograd's own (the family
+problems, float32 and float64), checked against finite differences, and the solver's actions and
+parameter gradients unchanged when the layer takes the fast path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from difftop.bench.family import build, draw
+from difftop.nn.told import TOLD
+from difftop.nn.vjp import ConcatMLP, MLPTape, TwinMin, supported
+from difftop.trajopt import TrajOpt, latent_objective, smooth_min
+from difftop.trajopt.evaluate import Problem
+
+FAMILY = draw("vjp", 6, seed=3, horizons=(1, 7), action_dims=(1, 12), head_gains=[0.3, 1.0, 3.0],
+              q_taus=[0.0, 0.05])
+
+
+def _autograd(f, *xs):
+    xs = [x.detach().clone().requires_grad_(True) for x in xs]
+    y = f(*xs)
+    return y.detach(), torch.autograd.grad(y.sum(), xs)
+
+
+LAYERS = [nn.ELU(), nn.ELU(alpha=0.5), nn.Tanh(), nn.ReLU(), nn.Sigmoid(), nn.Mish(), nn.SiLU(), nn.GELU(),
+          nn.GELU(approximate="tanh"), nn.LayerNorm(7), nn.Identity()]
+
+
+@pytest.mark.parametrize("act", LAYERS, ids=lambda m: repr(m))
+def test_each_layer_matches_autograd(act):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), act, nn.Linear(7, 3)).double()
+    if isinstance(act, nn.LayerNorm):  # not the identity affine map
+        nn.init.normal_(act.weight)
+        nn.init.normal_(act.bias)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    tape = MLPTape(net)
+    y, t = tape.taped(x)
+    gy = torch.randn_like(y)
+    xl = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(net(xl), xl, gy)
+    assert torch.equal(y, net(x).detach())
+    torch.testing.assert_close(tape.vjp(t, gy), gx, rtol=1e-14, atol=1e-15)
+
+
+def test_unsupported_networks_are_refused():
+    net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1))
+    assert not supported(net) and not supported(nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="Dropout"):
+        MLPTape(net)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.05])
+def test_concat_and_twin_min_match_autograd(tau):
+    torch.manual_seed(1)
+    m = TOLD((6,), 3, latent_dim=8, mlp_dim=16).double()
+    for q in m.q_nets:  # TD-MPC zero-initialises the heads' last layer
+        nn.init.normal_(q[-1].weight)
+    z, a = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    pairs = ((m.dynamics_fn, m.dynamics), (m.q_min_fn(tau), lambda z, a: smooth_min(*m.Q(z, a), tau=tau)))
+    for fn, ref in pairs:
+        y, t = fn.taped(z, a)
+        assert torch.equal(y, ref(z, a).detach()) and torch.equal(fn(z, a).detach(), y)
+        _, (gz, ga) = _autograd(ref, z, a)
+        gz2, ga2 = fn.vjp(t, torch.ones_like(y))
+        assert torch.equal(gz2, gz) and torch.equal(ga2, ga)
+
+
+def test_hard_min_sends_the_gradient_to_the_smaller_head():
+    torch.manual_seed(2)
+    q1 = ConcatMLP(nn.Sequential(nn.Linear(3, 1)).double())
+    q2 = ConcatMLP(nn.Sequential(nn.Linear(3, 1)).double())
+    z, a = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+    v, t = TwinMin(q1, q2).taped(z, a)
+    _, ga = TwinMin(q1, q2).vjp(t, torch.ones_like(v))
+    pick = q1(z, a) <= q2(z, a)
+    expect = torch.where(pick, q1.net[0].weight[0, 2], q2.net[0].weight[0, 2]).detach()
+    assert torch.equal(ga, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spec", FAMILY, ids=lambda s: s.name)
+def test_latent_value_grad_is_autograds_bit_for_bit(spec, dtype):
+    P = build(spec, 3, latent_dim=16, mlp_dim=32, dtype=dtype)
+    with torch.no_grad():
+        z0 = P.model.h(P.obs)
+    A = P.init(z0) + 0.1 * torch.randn(3, spec.horizon, spec.action_dim).to(dtype)
+    obj = P.objective(z0)
+    J, g = obj.value_grad(A)
+    J2, (g2,) = _autograd(obj, A)
+    assert torch.equal(J, J2) and torch.equal(g, g2)
+
+
+@pytest.mark.parametrize("batch_rewards", [False, True])
+@pytest.mark.parametrize("terminal", [False, True])
+@pytest.mark.parametrize("T", [1, 4])
+def test_latent_value_grad_against_finite_differences(T, terminal, batch_rewards):
+    torch.manual_seed(4)
+    m = TOLD((5,), 2, latent_dim=6, mlp_dim=12).double()
+    for net in (m.reward_net, *m.q_nets):
+        nn.init.normal_(net[-1].weight)
+    z0 = torch.randn(2, 6, dtype=torch.float64)
+    obj = latent_objective(z0, m.dynamics_fn, m.reward_fn, m.q_min_fn(0.05) if terminal else None, gamma=0.9,
+                           batch_rewards=batch_rewards)
+    A = torch.randn(2, T, 2, dtype=torch.float64)
+    J, g = obj.value_grad(A)
+    eps, fd = 1e-6, torch.zeros_like(A)
+    for idx in range(A[0].numel()):
+        e = torch.zeros_like(A).reshape(2, -1)
+        e[:, idx] = eps
+        e = e.reshape_as(A)
+        fd.reshape(2, -1)[:, idx] = (obj(A + e) - obj(A - e)).detach() / (2 * eps)
+    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(J, obj(A).detach(), rtol=0, atol=0)
+
+
+def test_objectives_without_taped_functions_have_no_fast_path():
+    m = TOLD((5,), 2, latent_dim=6, mlp_dim=12)
+    z0 = torch.randn(2, 6)
+    assert not hasattr(latent_objective(z0, m.dynamics, m.reward_fn, m.q_min_fn()), "value_grad")
+    fast = latent_objective(z0, m.dynamics_fn, m.reward_fn, m.q_min_fn())
+    assert Problem(fast, torch.Size((2, 3, 2))).fast is not None
+    assert Problem(fast, torch.Size((2, 3, 2)), compiled=object()).fast is None  # compile_objective wins
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("spec", FAMILY[:4], ids=lambda s: s.name)
+def test_the_layer_gives_the_same_actions_and_gradients_on_the_fast_path(spec, batch):
+    """The layer with the model's taped functions vs the same objective over plain functions (autograd
+    for every evaluation): identical actions, iterations and gradient to every parameter."""
+    P = build(spec, batch, latent_dim=16, mlp_dim=32, dtype=torch.float64)
+    m = P.model
+    w = torch.linspace(-1, 1, spec.action_dim, dtype=torch.float64)
+    out = []
+    for fast in (True, False):
+        m.zero_grad(set_to_none=True)
+        z0 = m.h(P.obs)
+        obj = P.objective(z0) if fast else latent_objective(z0, m.dynamics, m.reward, P.terminal,
+                                                             gamma=P.gamma, batch_rewards=True)
+        assert hasattr(obj, "value_grad") == fast
+        a, info = TrajOpt()(obj, P.init(z0))
+        (a[:, 0] * w).sum().backward()
+        grads = [p.grad for p in m.parameters()]
+        out.append((a.detach(), info.iterations, grads))
+    (a1, i1, g1), (a0, i0, g0) = out
+    assert torch.equal(a1, a0) and torch.equal(i1, i0)
+    for x, y in zip(g1, g0):
+        assert (x is None) == (y is None) and (x is None or torch.equal(x, y))
+
+
+def test_taped_functions_follow_weight_updates_and_copies():
+    torch.manual_seed(5)
+    m = TOLD((4,), 2, latent_dim=6, mlp_dim=12).double()
+    z, a = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    fn = m.dynamics_fn
+    assert m.dynamics_fn is fn and m.q_min_fn(0.1) is m.q_min_fn(0.1)  # built once
+    with torch.no_grad():
+        m.dynamics_net[0].weight.add_(1.0)  # an optimizer step, in place
+    assert torch.equal(fn.taped(z, a)[0], m.dynamics(z, a).detach())
+    twin = copy.deepcopy(m)  # a target network
+    with torch.no_grad():
+        twin.dynamics_net[0].weight.mul_(-1)
+    assert torch.equal(twin.dynamics_fn.taped(z, a)[0], twin.dynamics(z, a).detach())
+    assert not torch.equal(twin.dynamics_fn(z, a), m.dynamics_fn(z, a))
+
+
+def test_objective_vjp_false_evaluates_with_autograd_only():
+    P = build(FAMILY[2], 2, latent_dim=16, mlp_dim=32, dtype=torch.float64)
+    z0 = P.model.h(P.obs).detach()
+    calls = []
+    for flag in (True, False):
+        obj = P.objective(z0)
+        inner = obj.value_grad
+        obj.value_grad = lambda A, inner=inner, flag=flag: calls.append(flag) or inner(A)
+        a, _ = TrajOpt(objective_vjp=flag)(obj, P.init(z0))
+    assert calls and set(calls) == {True}
