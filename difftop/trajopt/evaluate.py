@@ -159,8 +159,12 @@ class Problem:
             out = self.compiled(self.objective, x, tuple(self.shape))
             if out is not None:
                 return out
-        if self.fast is not None and (self.evals > 1 or self.checked) and not create_graph \
-                and not self.record and not self.no_action_grad:
+        first = self.evals == 1
+        # the objective's own value_grad keeps no graph; with `record` the first evaluation still goes
+        # through autograd, so that a solve that ends where it started (every action held at a bound, as
+        # in a third of RL states) needs no further evaluation for its implicit backward
+        if self.fast is not None and (self.checked or not first) and not (self.record and first) \
+                and not create_graph and not self.no_action_grad:
             J, g = self.fast(x.reshape(self.shape))
             return J.reshape(self.batch), g.reshape(self.batch, self.n)
         if self.record and not create_graph:

@@ -225,12 +225,11 @@ class TrajOpt(nn.Module):
             return x, info
         compiled = self._compiled if not self.solver.needs_hessian else None
         prob = Problem(objective, shape, compiled, fast=self.objective_vjp)
-        # compiled and hand-written (prob.fast) evaluations keep no graph: the implicit backward then
-        # evaluates once more at the solution
+        # compiled evaluations keep no graph, nor do hand-written ones (prob.fast) after the first: unless
+        # the solve ends at the last recorded point, the implicit backward evaluates once more there
         res = run_solver(self.solver, prob, box, x0, max_iters=self.max_iters, tol=tol,
                          graph_iters=self.backward_iters if mode == "truncated" else 0,
-                         unroll=mode == "unroll",
-                         record_last=mode == "implicit" and compiled is None and prob.fast is None,
+                         unroll=mode == "unroll", record_last=mode == "implicit" and compiled is None,
                          ftol=self.ftol)
         if replaced is not None:
             res.status |= torch.where(replaced, INIT_REPLACED, 0)
@@ -267,22 +266,31 @@ class TrajOpt(nn.Module):
         x, info = self._solve(objective32, init.float(), low, high, tol)
         return x.to(dt), info
 
+    @staticmethod
+    def _fixed(box: Box, res, x_star: Tensor, J: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """(fixed (B, n), failed (B,)): the variables the implicit backward holds fixed, those at a bound
+        that g pushes against and every variable of a failed sample, one whose objective is not finite at
+        the returned actions (left at init). A NaN met only by a rejected line-search trial
+        (NONFINITE_STEP) does not matter: such a sample may well have converged at a finite point."""
+        failed = ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J) | ~torch.isfinite(g).all(-1)
+        return box.fixed_mask(x_star, g) | failed.unsqueeze(-1), failed
+
     def _implicit(self, prob: Problem, box: Box, res) -> Tensor:
         x_star = res.x.detach()
         rec = prob.recorded
+        prob.recorded = None
         if rec is not None and torch.equal(rec[0].detach(), x_star):
             x_leaf, J, g = rec  # the last evaluation was at the solution (every sample): reuse its graph
+        elif rec is not None and rec[2].requires_grad \
+                and bool(self._fixed(box, res, x_star, res.J.detach(), res.g.detach())[0].all()):
+            # The solver's gradient at the solution (res.g) holds every action at a bound: d a*/d theta is
+            # exactly zero, and an earlier evaluation's graph serves to connect the output (it is not walked)
+            return implicit_output(x_star, rec[2], None)
         else:
             J, g, x_leaf = prob.grad_graph(x_star)
-        prob.recorded = None
         if not g.requires_grad:  # nothing the objective closes over requires grad
             return x_star
-        # Samples whose objective is not finite at the returned actions (left at init) get no
-        # implicit gradient (all variables fixed). A NaN met only by a rejected line-search trial
-        # (NONFINITE_STEP) does not matter: such a sample may well have converged at a finite point.
-        failed = ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J.detach()) \
-            | ~torch.isfinite(g.detach()).all(-1)
-        fixed = box.fixed_mask(x_star, g.detach()) | failed.unsqueeze(-1)
+        fixed, failed = self._fixed(box, res, x_star, J.detach(), g.detach())
         if bool(fixed.all()):  # every action held at a bound (or failed): d a*/d theta is exactly zero
             return implicit_output(x_star, g, None)
         memory = res.extra if "S" in res.extra else None

@@ -179,3 +179,23 @@ def test_objective_vjp_false_evaluates_with_autograd_only():
         obj.value_grad = lambda A, inner=inner, flag=flag: calls.append(flag) or inner(A)
         a, _ = TrajOpt(objective_vjp=flag)(obj, P.init(z0))
     assert calls and set(calls) == {True}
+
+
+def test_a_solution_on_the_bounds_needs_no_evaluation_for_its_backward(monkeypatch):
+    """Every action ends at the bound its gradient pushes against, away from the start: d a*/d theta is
+    exactly zero, and the implicit backward reads that off the solver's last gradient instead of evaluating
+    the objective once more with autograd (the fast path keeps no graph after the first evaluation)."""
+    torch.manual_seed(6)
+    dyn, rew = nn.Sequential(nn.Linear(5, 3)), nn.Sequential(nn.Linear(5, 1))
+    with torch.no_grad():
+        rew[0].weight[0, 3:] = torch.tensor([1.0, 2.0])  # J grows with every action
+    z0 = torch.randn(4, 3, requires_grad=True)
+    graphs = []
+    original = Problem.grad_graph
+    monkeypatch.setattr(Problem, "grad_graph", lambda self, x: graphs.append(1) or original(self, x))
+    obj = latent_objective(z0, ConcatMLP(dyn), ConcatMLP(rew), gamma=0.9)
+    a, info = TrajOpt()(obj, torch.zeros(4, 3, 2))
+    # one graph only: the first evaluation's (recorded, at the start), none at the solution
+    assert torch.equal(a.detach(), torch.ones(4, 3, 2)) and a.requires_grad and len(graphs) == 1
+    a.sum().backward()
+    assert z0.grad is None and all(p.grad is None for p in (*dyn.parameters(), *rew.parameters()))
