@@ -1,6 +1,7 @@
 """tools/carry.py: the resume state of unfinished runs survives a machine without runs/, and each run's
 record goes to the results/ folder of its question."""
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -297,3 +298,16 @@ def test_a_checkpoint_directory_mid_swap_is_packed_once_the_swap_is_done(carry, 
     shutil.rmtree(tmp_path / "runs")
     carry.restore()
     assert (run / "checkpoint" / "state.pt").read_bytes() == b"next state"
+
+
+def test_a_finished_base_with_its_checkpoint_is_ready_to_use(carry, tmp_path):
+    """The run scripts skip such a base instead of resuming it (resume=true repeats its final evaluation)."""
+    il = "il/pusht/state-cpu"
+    done = make_run(tmp_path, f"{il}/bc/seed0", 20_000, collected=True)
+    running = make_run(tmp_path, f"{il}/bc/seed1", 10_000)
+    assert carry.base_ready(done) and not carry.base_ready(running)
+    (done / "buffer.npz").touch()  # newer than the checkpoint: a checkpoint being written
+    os.utime(done / "checkpoint.pt", (1, 1))
+    assert not carry.base_ready(done)
+    (done / "checkpoint.pt").unlink()  # collected, but its weights are not here: it must be retrained
+    assert not carry.base_ready(done)

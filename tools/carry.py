@@ -140,6 +140,12 @@ def packed_files(run: Path) -> list[Path]:
     return [run / name for name in KEEP if (run / name).is_file()] + ckpt + tb
 
 
+def base_ready(run: Path) -> bool:
+    """Finished (collected in results/) and its whole checkpoint is here: a run script uses it as a base
+    as it is, rather than resuming it (which would repeat its final evaluation)."""
+    return finished(run) and has_checkpoint(run) and not mid_checkpoint(run)
+
+
 def mid_checkpoint(run: Path) -> bool:
     """True while a run is writing a checkpoint. A checkpoint directory is swapped in whole
     (.checkpoint.new -> checkpoint), and complete when every file its commit.json lists is there. With
@@ -257,18 +263,20 @@ def keep(every: float) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("save", "restore", "finished", "keep", "dest"))
-    p.add_argument("run", nargs="?", help="with finished or dest: a run directory under runs/; with save: "
-                   "only the runs under runs/<run>")
+    p.add_argument("action", choices=("save", "restore", "finished", "base-ready", "keep", "dest"))
+    p.add_argument("run", nargs="?", help="with finished, base-ready or dest: a run directory under runs/; "
+                   "with save: only the runs under runs/<run>")
     p.add_argument("--every", type=float, default=1800.0, help="with keep: seconds between saves")
     a = p.parse_args()
     if a.action == "keep":
         keep(a.every)
-    elif a.action in ("finished", "dest"):
+    elif a.action in ("finished", "base-ready", "dest"):
         if not a.run:
             p.error(f"{a.action} needs a run directory, e.g. runs/cpu/cartpole-swingup/tdmpc/seed1")
         if a.action == "dest":  # the one mapping of runs/ to results/ that tools/collect.sh uses
             print(collected(ROOT / a.run).relative_to(ROOT))
+        elif a.action == "base-ready":
+            raise SystemExit(0 if base_ready(ROOT / a.run) else 1)
         else:  # the one definition of "finished" that the run scripts use
             raise SystemExit(0 if finished(ROOT / a.run) else 1)
     elif a.action == "save":

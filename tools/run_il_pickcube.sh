@@ -21,6 +21,11 @@ train() {
     echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"
     return
   fi
+  # a finished run that is also a base, with its checkpoint back from results/carry: nothing to redo either
+  # (resume=true would repeat its final evaluation, tens of minutes, every session)
+  if .venv/bin/python tools/carry.py base-ready "$root/$run/seed$seed"; then
+    echo "skip: $root/$run/seed$seed is finished, its checkpoint is here"; return
+  fi
   # every policy executes 8-action chunks: BC predicts them, DiffTOP refines the base's chunk as an 8-step
   # plan, Residual corrects each of its actions (single actions: BC 0/10 at 5k steps, chunks 1/10;
   # results/il/pointcloud/maniskill.md)

@@ -39,6 +39,11 @@ train() {
     && .venv/bin/python tools/carry.py finished "$root/$run/seed$seed"; then
     echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"; return
   fi
+  # a finished run that is also a base, with its checkpoint back from results/carry: nothing to redo either
+  # (resume=true would repeat its final evaluation, tens of minutes, every session)
+  if .venv/bin/python tools/carry.py base-ready "$root/$run/seed$seed"; then
+    echo "skip: $root/$run/seed$seed is finished, its checkpoint is here"; return
+  fi
   case $run in
     bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
     difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;

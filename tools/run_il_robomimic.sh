@@ -24,6 +24,11 @@ train() {
     echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"
     return
   fi
+  # a finished run that is also a base, with its checkpoint back from results/carry: nothing to redo either
+  # (resume=true would repeat its final evaluation, tens of minutes, every session)
+  if .venv/bin/python tools/carry.py base-ready "$root/$run/seed$seed"; then
+    echo "skip: $root/$run/seed$seed is finished, its checkpoint is here"; return
+  fi
   case $run in
     bc | diffusion) args="policy=$run" ;;
     difftop_bc) base=bc; args="policy=difftop init=base" ;;
