@@ -109,7 +109,7 @@ class ConcatMLP:
     def vjp(self, tape: tuple, g: Tensor) -> tuple[Tensor, Tensor]:
         t, nz, a_dtype = tape
         gx = self.mlp.vjp(t, g)
-        return gx[:, :nz], gx[:, nz:].to(a_dtype)
+        return gx[..., :nz], gx[..., nz:].to(a_dtype)
 
 
 class TwinMin:
