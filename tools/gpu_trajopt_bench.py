@@ -76,8 +76,9 @@ def _problem(spec, B: int, args, dev, sizes: dict) -> dict:
     w = torch.randn(B, spec.action_dim, device=dev)
     # reference: the defaults (compaction of stopped samples on); full_batch: without compaction, the path
     # the fixed-shape one must equal bit for bit (compaction rounds matrix products at other batch sizes)
+    # autograd: every evaluation through autograd (objective_vjp=False), the defaults before round 6
     layers = {"reference": TrajOpt(), "full_batch": TrajOpt(compact=0),
-              "fixed_shape": TrajOpt(sync_every=args.sync_every)}
+              "fixed_shape": TrajOpt(sync_every=args.sync_every), "autograd": TrajOpt(objective_vjp=False)}
     try:
         layers["theseus"] = TrajOpt(solver="theseus", backward="truncated", step_size=1e-3, damping=1e-3)
     except ImportError:
@@ -110,6 +111,7 @@ def _problem(spec, B: int, args, dev, sizes: dict) -> dict:
     ms, out = _timed(fns, args.runs, dev)
     return {"problem": spec.name, "batch": B, "H": spec.horizon, "m": spec.action_dim, "ms": ms,
             "fixed_shape_equal": bool(torch.equal(out["full_batch"][0], out["fixed_shape"][0])),
+            "autograd_equal": bool(torch.equal(out["reference"][0], out["autograd"][0])),
             "iters": float(out["reference"][1].iterations.max())}
 
 
