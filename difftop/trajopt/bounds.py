@@ -96,7 +96,8 @@ def _squash(kind: str, objective: Objective, init: Tensor, low, high, weight: fl
         return to_action
 
     to_action = to_action_of(centre, half)
-    objective_u = _rowwise(lambda f, c, h: _squashed(f, to_action_of(c, h), weight), objective, centre, half)
+    objective_u = _rowwise(lambda f, c, h: _squashed(f, to_action_of(c, h), weight, kind, h), objective,
+                           centre, half)
     return BoundsWrap(objective_u, u0, -U, U, to_action)
 
 
@@ -114,13 +115,32 @@ def _barrier(objective: Objective, init: Tensor, low, high, weight: float) -> Bo
     return BoundsWrap(objective_b, x0, inner_lo, inner_hi, lambda a: a)
 
 
-def _squashed(objective: Objective, to_action: Callable[[Tensor], Tensor], weight: float) -> Objective:
+def _squashed(objective: Objective, to_action: Callable[[Tensor], Tensor], weight: float, kind: str,
+              half: Tensor) -> Objective:
     def objective_u(u: Tensor) -> Tensor:
         J = objective(to_action(u))
         if weight > 0:
             J = J - 0.5 * weight * u.pow(2).flatten(1).sum(-1)
         return J
 
+    inner = getattr(objective, "value_grad", None)
+    if callable(inner):
+        def value_grad(u: Tensor) -> tuple[Tensor, Tensor]:
+            """The objective's own graph-free (J, dJ/da) chained through a = centre + half * s(u), in
+            autograd's order (difftop/nn/vjp.py; the solver's evaluations take it)."""
+            with torch.no_grad():
+                t = torch.tanh(u) if kind == "tanh" else torch.sigmoid(u)
+                a = to_action(u)
+                J, g = inner(a)
+                g = g * half
+                g = torch.ops.aten.tanh_backward(g, t) if kind == "tanh" \
+                    else torch.ops.aten.sigmoid_backward(g * 2.0, t)
+                if weight > 0:
+                    J = J - 0.5 * weight * u.pow(2).flatten(1).sum(-1)
+                    g = g + (-(0.5 * weight)) * (2 * u.pow(1))
+                return J, g
+
+        objective_u.value_grad = value_grad
     return objective_u
 
 

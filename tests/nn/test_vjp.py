@@ -199,3 +199,36 @@ def test_a_solution_on_the_bounds_needs_no_evaluation_for_its_backward(monkeypat
     assert torch.equal(a.detach(), torch.ones(4, 3, 2)) and a.requires_grad and len(graphs) == 1
     a.sum().backward()
     assert z0.grad is None and all(p.grad is None for p in (*dyn.parameters(), *rew.parameters()))
+
+
+@pytest.mark.parametrize("weight", [0.0, 1e-3])
+@pytest.mark.parametrize("bounds", ["tanh", "sigmoid"])
+def test_the_smooth_bounds_keep_the_fast_path_bit_for_bit(bounds, weight):
+    """bounds=tanh|sigmoid solve over u with a = centre + half * s(u): the wrapped objective chains the
+    inner value_grad through s, with autograd's values; the layer's actions and parameter gradients equal
+    those of the same problem evaluated with autograd throughout."""
+    from difftop.trajopt.bounds import wrap_bounds
+
+    P = build(FAMILY[3], 4, latent_dim=16, mlp_dim=32, dtype=torch.float64)
+    m = P.model
+    z0 = m.h(P.obs).detach()
+    low = torch.full((spec_m := FAMILY[3].action_dim,), -0.5, dtype=torch.float64)
+    w = wrap_bounds(bounds, P.objective(z0), P.init(z0), low, 1.0, weight)
+    u = w.init + 0.3 * torch.randn_like(w.init)
+    J, g = w.objective.value_grad(u)
+    J2, (g2,) = _autograd(w.objective, u)
+    assert torch.equal(J, J2) and torch.equal(g, g2)
+    # compaction keeps it (to rounding: matrix products on 2 rows round apart from those on 4)
+    sub = w.objective.rows(torch.tensor([2, 0]))
+    torch.testing.assert_close(sub.value_grad(u[[2, 0]])[1], g[[2, 0]], rtol=1e-12, atol=1e-15)
+    grads = []
+    for fast in (True, False):
+        m.zero_grad(set_to_none=True)
+        z = m.h(P.obs)
+        obj = P.objective(z) if fast else latent_objective(z, m.dynamics, m.reward, P.terminal, gamma=P.gamma,
+                                                           batch_rewards=True)
+        a, _ = TrajOpt(bounds=bounds, bounds_weight=weight, low=low)(obj, P.init(z))
+        (a[:, 0] * torch.linspace(-1, 1, spec_m, dtype=torch.float64)).sum().backward()
+        grads.append((a.detach(), [p.grad for p in m.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(grads[0][1], grads[1][1]))
