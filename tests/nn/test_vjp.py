@@ -128,11 +128,13 @@ def test_objectives_without_taped_functions_have_no_fast_path():
     assert Problem(fast, torch.Size((2, 3, 2)), compiled=object()).fast is None  # compile_objective wins
 
 
+@pytest.mark.parametrize("backward", ["implicit", "truncated", "unroll"])
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("spec", FAMILY[:4], ids=lambda s: s.name)
-def test_the_layer_gives_the_same_actions_and_gradients_on_the_fast_path(spec, batch):
+def test_the_layer_gives_the_same_actions_and_gradients_on_the_fast_path(spec, batch, backward):
     """The layer with the model's taped functions vs the same objective over plain functions (autograd
-    for every evaluation): identical actions, iterations and gradient to every parameter."""
+    for every evaluation): identical actions, iterations and gradient to every parameter, whichever
+    backward (truncated and unroll differentiate their last iterations with autograd)."""
     P = build(spec, batch, latent_dim=16, mlp_dim=32, dtype=torch.float64)
     m = P.model
     w = torch.linspace(-1, 1, spec.action_dim, dtype=torch.float64)
@@ -143,7 +145,7 @@ def test_the_layer_gives_the_same_actions_and_gradients_on_the_fast_path(spec, b
         obj = P.objective(z0) if fast else latent_objective(z0, m.dynamics, m.reward, P.terminal,
                                                              gamma=P.gamma, batch_rewards=True)
         assert hasattr(obj, "value_grad") == fast
-        a, info = TrajOpt()(obj, P.init(z0))
+        a, info = TrajOpt(backward=backward, max_iters=30 if backward == "unroll" else 50)(obj, P.init(z0))
         (a[:, 0] * w).sum().backward()
         grads = [p.grad for p in m.parameters()]
         out.append((a.detach(), info.iterations, grads))
