@@ -234,3 +234,30 @@ def test_the_smooth_bounds_keep_the_fast_path_bit_for_bit(bounds, weight):
         grads.append((a.detach(), [p.grad for p in m.parameters()]))
     assert torch.equal(grads[0][0], grads[1][0])
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(grads[0][1], grads[1][1]))
+
+
+def test_a_nonfinite_sample_on_the_fast_path_fails_alone():
+    """A sample whose latent is NaN gets NaN from the hand-written evaluation as from autograd: it is flagged
+    and left at its start, and the others solve as on the autograd path. (Both paths' weight gradients are
+    NaN then: the batched graph multiplies the failed row's NaN activations by its zero cotangent.)"""
+    from difftop.trajopt.info import NONFINITE_INIT
+
+    P = build(FAMILY[1], 3, latent_dim=16, mlp_dim=32, dtype=torch.float64)
+    m = P.model
+    out = []
+    for fast in (True, False):
+        m.zero_grad(set_to_none=True)
+        z0 = m.h(P.obs)
+        z0 = torch.where(torch.arange(3).unsqueeze(-1) == 1, torch.full_like(z0, float("nan")), z0)
+        obj = P.objective(z0) if fast else latent_objective(z0, m.dynamics, m.reward, P.terminal,
+                                                             gamma=P.gamma, batch_rewards=True)
+        init = P.init(z0.nan_to_num(0.0))
+        a, info = TrajOpt()(obj, init)
+        a[[0, 2]].sum().backward()
+        assert (info.status[1] & NONFINITE_INIT) != 0 and torch.equal(a[1].detach(), init[1])
+        out.append((a.detach(), [p.grad for p in m.parameters()]))
+    assert torch.equal(out[0][0], out[1][0])
+    for x, y in zip(out[0][1], out[1][1]):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
