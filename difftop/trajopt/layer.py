@@ -18,6 +18,7 @@ from .implicit import cg_solver, dense_solver, free_hessian, implicit_output, me
 from .info import IMPLICIT_INEXACT, INIT_REPLACED, NONFINITE_INIT, TrajOptInfo
 from .refine import REFINE_OPTIONS, lm_refine
 from .solvers import Solver, make_solver, run_solver
+from .solvers.base import result_rows
 
 BACKWARD_MODES = ("implicit", "unroll", "truncated", "none")
 UNCONVERGED_MODES = ("memory", "exact")
@@ -276,6 +277,21 @@ class TrajOpt(nn.Module):
         return box.fixed_mask(x_star, g) | failed.unsqueeze(-1), failed
 
     def _implicit(self, prob: Problem, box: Box, res) -> Tensor:
+        failed = self._fixed(box, res, res.x.detach(), res.J.detach(), res.g.detach())[1]
+        if bool(failed.any()) and not bool(failed.all()) and prob.can_select:
+            # A failed sample's non-finite activations would make every parameter's gradient NaN through
+            # the batched graph (its zero cotangent times NaN): the other samples' backward runs on their
+            # rows alone (objective.rows), and the failed ones keep their exact zero.
+            idx = (~failed).nonzero().squeeze(1)
+            prob.recorded = None
+            sub_prob, sub_res = prob.select(idx), result_rows(res, idx)
+            x = self._implicit_all(sub_prob, box.select(idx), sub_res)
+            prob.absorb(sub_prob)
+            res.status.index_copy_(0, idx, sub_res.status)  # its IMPLICIT_* flags
+            return res.x.detach().index_copy(0, idx, x)
+        return self._implicit_all(prob, box, res)
+
+    def _implicit_all(self, prob: Problem, box: Box, res) -> Tensor:
         x_star = res.x.detach()
         rec = prob.recorded
         prob.recorded = None

@@ -299,6 +299,18 @@ def put_rows(full, part, idx: Tensor, B: int):
     return part
 
 
+def result_rows(res: Result, idx: Tensor) -> Result:
+    """The result of the samples idx alone (the implicit backward of the samples that did not fail)."""
+    B = res.x.shape[0]
+
+    def pick(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.index_select(0, idx)
+
+    return Result(x=pick(res.x), J=pick(res.J), g=pick(res.g), H=pick(res.H), iterations=pick(res.iterations),
+                  converged=pick(res.converged), grad_norm=pick(res.grad_norm), status=pick(res.status),
+                  extra=take_rows(res.extra, idx, B), scale=pick(res.scale))
+
+
 def compact_step(solver: Solver, prob: Problem, box: Box, st: State, active: Tensor, fixed: Tensor):
     """solver.step on the active samples only, gathered into a batch of their own (graph-free iterations,
     Solver.compact). Returns step()'s (state, moved, stalled, nonfinite, damped) at the full batch size;
