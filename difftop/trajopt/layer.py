@@ -268,16 +268,20 @@ class TrajOpt(nn.Module):
         return x.to(dt), info
 
     @staticmethod
-    def _fixed(box: Box, res, x_star: Tensor, J: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    def _failed(res, J: Tensor, g: Tensor) -> Tensor:
+        """(B,) samples whose objective is not finite at the returned actions (left at init). A NaN met
+        only by a rejected line-search trial (NONFINITE_STEP) does not matter: such a sample may well have
+        converged at a finite point."""
+        return ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J) | ~torch.isfinite(g).all(-1)
+
+    def _fixed(self, box: Box, res, x_star: Tensor, J: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """(fixed (B, n), failed (B,)): the variables the implicit backward holds fixed, those at a bound
-        that g pushes against and every variable of a failed sample, one whose objective is not finite at
-        the returned actions (left at init). A NaN met only by a rejected line-search trial
-        (NONFINITE_STEP) does not matter: such a sample may well have converged at a finite point."""
-        failed = ((res.status & NONFINITE_INIT) != 0) | ~torch.isfinite(J) | ~torch.isfinite(g).all(-1)
+        that g pushes against and every variable of a failed sample."""
+        failed = self._failed(res, J, g)
         return box.fixed_mask(x_star, g) | failed.unsqueeze(-1), failed
 
     def _implicit(self, prob: Problem, box: Box, res) -> Tensor:
-        failed = self._fixed(box, res, res.x.detach(), res.J.detach(), res.g.detach())[1]
+        failed = self._failed(res, res.J.detach(), res.g.detach())
         if bool(failed.any()) and not bool(failed.all()) and prob.can_select:
             # A failed sample's non-finite activations would make every parameter's gradient NaN through
             # the batched graph (its zero cotangent times NaN): the other samples' backward runs on their
