@@ -311,3 +311,22 @@ def test_a_finished_base_with_its_checkpoint_is_ready_to_use(carry, tmp_path):
     assert not carry.base_ready(done)
     (done / "checkpoint.pt").unlink()  # collected, but its weights are not here: it must be retrained
     assert not carry.base_ready(done)
+
+
+def test_the_run_scripts_one_skip_decision(carry, tmp_path):
+    """`carry.py skip`: a finished run with no checkpoint here is skipped unless a dependent forces it
+    (it needs the weights); a finished base with its whole checkpoint is skipped either way; an
+    unfinished run, or one mid-checkpoint, is trained."""
+    il = "il/pusht/state-cpu"
+    done = make_run(tmp_path, f"{il}/bc/seed0", 20_000, collected=True)
+    running = make_run(tmp_path, f"{il}/bc/seed1", 10_000)
+    assert carry.skip_reason(running) is None and carry.skip_reason(running, forced=True) is None
+    ready = "finished, its checkpoint is here"
+    assert carry.skip_reason(done) == carry.skip_reason(done, forced=True) == ready
+    (done / "buffer.npz").touch()  # a checkpoint being written: resume it rather than use it half-written
+    os.utime(done / "checkpoint.pt", (1, 1))
+    assert carry.skip_reason(done) is None
+    (done / "checkpoint.pt").unlink()  # a fresh machine: collected, no weights
+    dest = "results/il/pusht-states/runs/pusht/state-cpu/bc/seed0"
+    assert carry.skip_reason(done) == f"finished (collected in {dest})"
+    assert carry.skip_reason(done, forced=True) is None  # a base whose dependent needs the weights

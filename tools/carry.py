@@ -4,6 +4,8 @@
     .venv/bin/python tools/carry.py save il/pusht/image-cpu   # only the runs under runs/il/pusht/image-cpu
     .venv/bin/python tools/carry.py restore   # tools/continue.sh does this first
     .venv/bin/python tools/carry.py finished runs/<...>/seedN   # exit 0 if finished (the run scripts)
+    .venv/bin/python tools/carry.py skip runs/<...>/seedN [--forced]   # exit 0 (and say why) if the
+                                                              # IL run scripts need not train it now
     .venv/bin/python tools/carry.py keep --every 1800   # save every 30 min (tools/continue.sh)
     .venv/bin/python tools/carry.py dest runs/<...>/seedN       # where tools/collect.sh copies its record
 
@@ -146,6 +148,20 @@ def base_ready(run: Path) -> bool:
     return finished(run) and has_checkpoint(run) and not mid_checkpoint(run)
 
 
+def skip_reason(run: Path, forced: bool = False) -> str | None:
+    """Why a run script need not train `run` now, or None when it must (train or resume). Two cases:
+    finished in results/ with no checkpoint here (a fresh machine; not when the run is `forced` as a
+    dependent's base, which needs its weights), or a finished base whose whole checkpoint is here
+    (resume=true would only repeat its final evaluation, tens of minutes, every session)."""
+    if not finished(run):
+        return None
+    if not forced and not (run / "checkpoint.pt").exists() and not (run / CKPT_DIR).exists():
+        return f"finished (collected in {collected(run).relative_to(ROOT)})"
+    if base_ready(run):
+        return "finished, its checkpoint is here"
+    return None
+
+
 def mid_checkpoint(run: Path) -> bool:
     """True while a run is writing a checkpoint. A checkpoint directory is swapped in whole
     (.checkpoint.new -> checkpoint), and complete when every file its commit.json lists is there. With
@@ -263,18 +279,24 @@ def keep(every: float) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("save", "restore", "finished", "base-ready", "keep", "dest"))
-    p.add_argument("run", nargs="?", help="with finished, base-ready or dest: a run directory under runs/; "
-                   "with save: only the runs under runs/<run>")
+    p.add_argument("action", choices=("save", "restore", "finished", "base-ready", "skip", "keep", "dest"))
+    p.add_argument("run", nargs="?", help="with finished, base-ready, skip or dest: a run directory under "
+                   "runs/; with save: only the runs under runs/<run>")
+    p.add_argument("--forced", action="store_true", help="with skip: the run is a dependent's base")
     p.add_argument("--every", type=float, default=1800.0, help="with keep: seconds between saves")
     a = p.parse_args()
     if a.action == "keep":
         keep(a.every)
-    elif a.action in ("finished", "base-ready", "dest"):
+    elif a.action in ("finished", "base-ready", "skip", "dest"):
         if not a.run:
             p.error(f"{a.action} needs a run directory, e.g. runs/cpu/cartpole-swingup/tdmpc/seed1")
         if a.action == "dest":  # the one mapping of runs/ to results/ that tools/collect.sh uses
             print(collected(ROOT / a.run).relative_to(ROOT))
+        elif a.action == "skip":  # the one decision the IL run scripts take before training a run
+            why = skip_reason(ROOT / a.run, a.forced)
+            if why:
+                print(f"skip: {a.run} is {why}")
+            raise SystemExit(0 if why else 1)
         elif a.action == "base-ready":
             raise SystemExit(0 if base_ready(ROOT / a.run) else 1)
         else:  # the one definition of "finished" that the run scripts use

@@ -34,16 +34,9 @@ export MUJOCO_GL=egl
 # first, also when the base itself is finished in results/ but its checkpoint is gone (a fresh machine)
 train() {
   local run=$1 seed=$2 base="" steps=20000 args every
-  # a run whose final evaluation is collected in results/ is not retrained on a fresh machine
-  if [ -z "${3:-}" ] && [ ! -e "$root/$run/seed$seed/checkpoint.pt" ] && [ ! -e "$root/$run/seed$seed/checkpoint" ] \
-    && .venv/bin/python tools/carry.py finished "$root/$run/seed$seed"; then
-    echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"; return
-  fi
-  # a finished run that is also a base, with its checkpoint back from results/carry: nothing to redo either
-  # (resume=true would repeat its final evaluation, tens of minutes, every session)
-  if .venv/bin/python tools/carry.py base-ready "$root/$run/seed$seed"; then
-    echo "skip: $root/$run/seed$seed is finished, its checkpoint is here"; return
-  fi
+  # finished in results/ with no checkpoint here (a fresh machine; unless forced as a base), or a finished
+  # base whose checkpoint came back from results/carry (resume=true would repeat its final evaluation)
+  if .venv/bin/python tools/carry.py skip "$root/$run/seed$seed" ${3:+--forced}; then return; fi
   case $run in
     bc | bc_rnn | diffusion | ibc) args="policy=$run" ;;
     difftop_zero | difftop_random) args="policy=difftop init=${run#difftop_}" ;;

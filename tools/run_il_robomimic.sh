@@ -19,16 +19,9 @@ export MUJOCO_GL=egl OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 .venv/bin/difftop demos task="$TASK" episodes=200 out="$data" progress=false
 train() {
   local run=$1 seed=$2 base="" args=""
-  if [ -z "${3:-}" ] && [ ! -e "$root/$run/seed$seed/checkpoint.pt" ] && [ ! -e "$root/$run/seed$seed/checkpoint" ] \
-    && .venv/bin/python tools/carry.py finished "$root/$run/seed$seed"; then
-    echo "skip: $root/$run/seed$seed is finished (collected in $(.venv/bin/python tools/carry.py dest "$root/$run/seed$seed"))"
-    return
-  fi
-  # a finished run that is also a base, with its checkpoint back from results/carry: nothing to redo either
-  # (resume=true would repeat its final evaluation, tens of minutes, every session)
-  if .venv/bin/python tools/carry.py base-ready "$root/$run/seed$seed"; then
-    echo "skip: $root/$run/seed$seed is finished, its checkpoint is here"; return
-  fi
+  # finished in results/ with no checkpoint here (a fresh machine; unless forced as a base), or a finished
+  # base whose checkpoint came back from results/carry (resume=true would repeat its final evaluation)
+  if .venv/bin/python tools/carry.py skip "$root/$run/seed$seed" ${3:+--forced}; then return; fi
   case $run in
     bc | diffusion) args="policy=$run" ;;
     difftop_bc) base=bc; args="policy=difftop init=base" ;;
