@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from difftop.nn.mlp import mlp
-from difftop.nn.vjp import ConcatMLP, TwinMin
+from difftop.nn.vjp import ConcatMLP, PiValue, TwinMin
 
 __all__ = [
     "PI_NOISE_CLIP",
@@ -235,6 +235,14 @@ class TOLD(nn.Module):
         cache = self.__dict__.setdefault("_q_min_fns", {})
         if tau not in cache:
             cache[tau] = TwinMin(ConcatMLP(self._Q1), ConcatMLP(self._Q2), tau)
+        return cache[tau]
+
+    def pi_value_fn(self, tau: float = 0.0) -> PiValue:
+        """``smooth_min(*Q(z, pi(z)), tau=tau)`` as a `PiValue` (B,): the terminal value of TD-MPC's
+        `estimate_value` (hard min at tau = 0) with a hand-written VJP to z."""
+        cache = self.__dict__.setdefault("_pi_value_fns", {})
+        if tau not in cache:
+            cache[tau] = PiValue(self._pi, self.q_min_fn(tau))
         return cache[tau]
 
     def h(self, obs: torch.Tensor) -> torch.Tensor:

@@ -152,3 +152,25 @@ class TwinMin:
         gz1, ga1 = self.q1.vjp(t1, w1.reshape(shape))
         gz2, ga2 = self.q2.vjp(t2, w2.reshape(shape))
         return gz1 + gz2, ga1 + ga2
+
+
+class PiValue:
+    """V(z) = min(Q1, Q2)(z, tanh(pi(z))): TD-MPC's terminal value (`estimate_value`'s last term, the
+    release's `terminal=pi` objective), as (B,), with a VJP to z through both Q's input and pi's action."""
+
+    def __init__(self, pi_net: nn.Sequential, q_min: TwinMin):
+        self.pi_net, self.pi, self.q_min = pi_net, MLPTape(pi_net), q_min
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.q_min(z, torch.tanh(self.pi_net(z)))
+
+    def taped(self, z: Tensor) -> tuple[Tensor, tuple]:
+        h, tp = self.pi.taped(z)
+        a = torch.tanh(h)
+        v, tq = self.q_min.taped(z, a)
+        return v, (tp, a, tq)
+
+    def vjp(self, tape: tuple, g: Tensor) -> Tensor:
+        tp, a, tq = tape
+        gz, ga = self.q_min.vjp(tq, g)
+        return gz + self.pi.vjp(tp, aten.tanh_backward(ga, a))

@@ -47,7 +47,6 @@ from torch import nn
 from difftop.errors import UserError
 from difftop.nn.critic import ObsCritic
 from difftop.nn.ema import ema_update_
-from difftop.rl.mppi import estimate_value
 from difftop.rl.replay import Batch
 from difftop.rl.schedules import linear_schedule
 from difftop.rl.tdmpc import Actor, Agent, MPPIActor, Prepared, TDMPCAgent, WorldModel, clipped_step
@@ -158,11 +157,13 @@ class TrajOptActor(Actor):
 
     def objective(self, z0: torch.Tensor):
         m, tau = self.model, self.q_tau
-        if self.terminal == "pi":  # H actions, terminal min Q(z_H, pi(z_H)) (the release's)
-            gamma = self.cfg.discount
-            return lambda actions: estimate_value(m, z0, actions.transpose(0, 1), gamma).squeeze(-1)
         # the model's taped functions: the same values as m.dynamics, m.reward and smooth_min(*m.Q), and
         # graph-free evaluations without autograd (difftop/nn/vjp.py)
+        if self.terminal == "pi":
+            # H actions, terminal min Q(z_H, pi(z_H)) (the release's): TD-MPC's estimate_value (equal to
+            # rounding: the rewards in one call, ~15% faster at batch 1), graph-free evaluations in lm_refine
+            return latent_objective(z0, m.dynamics_fn, m.reward_fn, gamma=self.cfg.discount,
+                                    state_value=m.pi_value_fn(), batch_rewards=True)
         return latent_objective(z0, m.dynamics_fn, m.reward_fn, terminal=m.q_min_fn(tau),
                                 gamma=self.cfg.discount, batch_rewards=True)
 

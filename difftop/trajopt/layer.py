@@ -208,8 +208,8 @@ class TrajOpt(nn.Module):
         if self.solver_name == "lm_refine":
             x, info = lm_refine(objective, x0.reshape(shape), box, max_iters=self.max_iters,
                                 backward_iters=self.max_iters if mode == "unroll" else self.backward_iters,
-                                graph=mode != "none",
-                                backward=mode, **self.solver_options)
+                                graph=mode != "none", backward=mode, fast=self.objective_vjp,
+                                **self.solver_options)
             if replaced is not None:
                 info.status |= torch.where(replaced, INIT_REPLACED, 0)
             return x, info

@@ -3,9 +3,10 @@
 A trajectory of T action steps a_0..a_{T-1} is scored by rolling the latent dynamics
 z_{t+1} = d(z_t, a_t) from z_0:
   RL (terminal given):  sum_{t<T-1} gamma^t R(z_t, a_t) + gamma^{T-1} V(z_{T-1}, a_{T-1})
-  IL (no terminal):     sum_{t<T}   gamma^t f(z_t, a_t)
-so the paper's horizon H is T-1 in the RL form. Everything is batched over the B samples;
-the only Python loop is over the (short) horizon.
+  RL (state_value):     sum_{t<T}   gamma^t R(z_t, a_t) + gamma^T V(z_T)   (TD-MPC's estimate_value)
+  IL (neither):         sum_{t<T}   gamma^t f(z_t, a_t)
+so the paper's horizon H is T-1 in the first RL form (eq. 5 as printed) and T in the second.
+Everything is batched over the B samples; the only Python loop is over the (short) horizon.
 """
 
 from __future__ import annotations
@@ -45,12 +46,16 @@ def rollout(z0: Tensor, actions: Tensor, dynamics: Fn) -> list[Tensor]:
 
 
 def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None = None, *,
-                     gamma: float = 0.99, batch_rewards: bool = False) -> Callable[[Tensor], Tensor]:
+                     gamma: float = 0.99, batch_rewards: bool = False,
+                     state_value: Callable[[Tensor], Tensor] | None = None) -> Callable[[Tensor], Tensor]:
     """J(A) for A of shape (B, T, m): the paper's latent objective, closing over z0 and the modules.
 
     dynamics(z, a) -> z', reward(z, a) -> (B,) or (B, 1), terminal(z, a) -> (B,) or (B, 1)
     (e.g. a Q head; use `smooth_min` for twin heads). Gradients flow to z0 and to every
     parameter of the three functions.
+    state_value(z) -> (B,) or (B, 1), instead of `terminal`: a value of the latent after the last
+      action, every action rewarded (TD-MPC's estimate_value with V(z) = min Q(z, pi(z)): the release's
+      `terminal=pi`, `difftop.nn.vjp.PiValue`), summed in estimate_value's order.
     batch_rewards: evaluate the reward once on the rollout's (z_t, a_t) pairs stacked along the
       batch, instead of once per step; the reward must then be row-wise (any leading batch size,
       no per-sample tensor of shape (B, ...) inside). Same values to rounding; at batch 1 an
@@ -62,12 +67,16 @@ def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None =
     """
     if z0.dim() != 2:
         raise ValueError(f"latent_objective: z0 must be (B, latent), got {tuple(z0.shape)}")
+    if terminal is not None and state_value is not None:
+        raise ValueError("latent_objective: give terminal(z, a) or state_value(z), not both")
 
     def objective(actions: Tensor) -> Tensor:
         if actions.shape[0] != z0.shape[0]:
             raise ValueError(f"latent_objective: actions batch {actions.shape[0]} != z0 batch {z0.shape[0]}")
         B, T = actions.shape[:2]
         zs = rollout(z0, actions, dynamics)
+        if state_value is not None:
+            zs.append(dynamics(zs[-1], actions[:, T - 1]))
         last = T - 1 if terminal is not None else T
         discs = [1.0]
         for _ in range(last):
@@ -82,16 +91,18 @@ def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None =
                 total = total + discs[t] * _scalar(reward(zs[t], actions[:, t]))
         if terminal is not None:
             total = total + discs[last] * _scalar(terminal(zs[T - 1], actions[:, T - 1]))
+        if state_value is not None:
+            total = total + discs[last] * _scalar(state_value(zs[T]))
         return total
 
     def rows(idx: Tensor) -> Callable[[Tensor], Tensor]:
         """The objective of the samples idx alone (the solvers' compaction of stopped samples)."""
         return latent_objective(z0.index_select(0, idx), dynamics, reward, terminal, gamma=gamma,
-                                batch_rewards=batch_rewards)
+                                batch_rewards=batch_rewards, state_value=state_value)
 
     objective.rows = rows
-    if all(_taped(f) for f in (dynamics, reward, terminal) if f is not None):
-        objective.value_grad = _value_grad(z0, dynamics, reward, terminal, gamma, batch_rewards)
+    if all(_taped(f) for f in (dynamics, reward, terminal, state_value) if f is not None):
+        objective.value_grad = _value_grad(z0, dynamics, reward, terminal, gamma, batch_rewards, state_value)
     return objective
 
 
@@ -99,7 +110,7 @@ def _taped(f) -> bool:
     return callable(getattr(f, "taped", None)) and callable(getattr(f, "vjp", None))
 
 
-def _value_grad(z0: Tensor, dynamics, reward, terminal, gamma: float, batch_rewards: bool):
+def _value_grad(z0: Tensor, dynamics, reward, terminal, gamma: float, batch_rewards: bool, state_value=None):
     """(J, dJ/dA) of the latent objective without autograd, for functions with `taped`/`vjp`
     (difftop/nn/vjp.py): the solvers' graph-free evaluations (evaluate.Problem.value_grad) take it.
 
@@ -110,7 +121,7 @@ def _value_grad(z0: Tensor, dynamics, reward, terminal, gamma: float, batch_rewa
         with torch.no_grad():
             B, T, m = actions.shape
             zs, tapes = [z0], []
-            for t in range(T - 1):
+            for t in range(T - 1 if state_value is None else T):
                 z, tape = dynamics.taped(zs[-1], actions[:, t])
                 zs.append(z)
                 tapes.append(tape)
@@ -138,6 +149,13 @@ def _value_grad(z0: Tensor, dynamics, reward, terminal, gamma: float, batch_rewa
                 q, tape = terminal.taped(zs[T - 1], actions[:, T - 1])
                 total = total + discs[last] * _scalar(q)
                 gz[T - 1], ga[T - 1] = terminal.vjp(tape, q.new_full(q.shape, discs[last]))
+            if state_value is not None:
+                v, tape = state_value.taped(zs[T])
+                total = total + discs[last] * _scalar(v)
+                g = state_value.vjp(tape, v.new_full(v.shape, discs[last]))  # dJ/dz_T
+                gzd, gad = dynamics.vjp(tapes[T - 1], g)
+                ga[T - 1] = ga[T - 1] + gad
+                gz[T - 1] = gz[T - 1] + gzd
             g = gz[T - 1]
             for t in range(T - 2, -1, -1):  # back through z_{t+1} = d(z_t, a_t)
                 gzd, gad = dynamics.vjp(tapes[t], g)

@@ -44,10 +44,13 @@ REFINE_OPTIONS = ("step_size", "damping", "residual_offset", "clamp_in_cost")
 def lm_refine(objective: Callable[[Tensor], Tensor], x0: Tensor, box: Box, *, max_iters: int,
               backward_iters: int, graph: bool, step_size: float = 1e-3, damping: float = 1e-3,
               residual_offset: float = 1000.0, clamp_in_cost: bool = True, solver_name: str = "lm_refine",
-              backward: str = "truncated") -> tuple[Tensor, TrajOptInfo]:
+              backward: str = "truncated", fast: bool = True) -> tuple[Tensor, TrajOptInfo]:
     """Refine ``x0`` (B, H, m) by ``max_iters`` single-residual LM steps; see the module docstring.
 
     graph: build the autograd graph of the last ``backward_iters`` iterations (False: constants).
+    fast: the iterations without a graph call the objective's own ``value_grad(actions) -> (G, dG/dA)``
+      when it has one (`latent_objective` over difftop/nn/vjp.py's functions), with clamp's derivative
+      applied as autograd's ``clamp_backward`` does: the same iterates, without autograd's per-op cost.
     """
     shape, B = x0.shape, x0.shape[0]
     x = x0.detach().reshape(B, -1)
@@ -55,8 +58,18 @@ def lm_refine(objective: Callable[[Tensor], Tensor], x0: Tensor, box: Box, *, ma
     best_x, best_r, best_G = x.clone(), None, None
     first_graph = max_iters - backward_iters if graph else max_iters + 1
 
+    own = getattr(objective, "value_grad", None) if fast else None
+
     def value(x_: Tensor, create: bool) -> tuple[Tensor, Tensor]:
         """(G, dG/dx) at x_; the gradient is part of the graph when ``create``."""
+        if own is not None and not create:
+            with torch.no_grad():
+                a = torch.clamp(x_, box.low, box.high) if clamp_in_cost else x_
+                G, g = own(a.reshape(shape))
+                g = g.reshape(B, -1)
+                if clamp_in_cost:  # autograd's clamp_backward: the gradient where low <= x <= high
+                    g = torch.where((x_ >= box.low).logical_and_(x_ <= box.high), g, torch.zeros_like(g))
+            return (G.squeeze(-1) if G.dim() == 2 and G.shape[-1] == 1 else G), g
         leaf = x_ if create else x_.detach().requires_grad_(True)
         a = torch.clamp(leaf, box.low, box.high) if clamp_in_cost else leaf  # the release's clamp
         G = objective(a.reshape(shape))

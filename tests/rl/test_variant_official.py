@@ -140,3 +140,23 @@ def test_pg_null_uses_a_frozen_random_critic_and_leaves_the_default_alone():
         if null:  # frozen: no parameter of it is trained, and the trained Q_s gets no PG gradient
             assert not any(p.requires_grad for p in actor.null_critic.parameters())
     assert grads[True].norm() > 0 and not torch.allclose(grads[True], grads[False])
+
+
+def test_official_acting_is_the_same_with_and_without_the_hand_written_evaluations():
+    """variant=official's objective (terminal min Q(z_H, pi(z_H))) has the graph-free value_grad, which
+    lm_refine's iterations without a graph take (trajopt.objective_vjp=true, the default): the executed
+    actions and the accumulated policy gradient are those of autograd in every iteration."""
+    out = {}
+    for vjp in ("true", "false"):
+        torch.manual_seed(0)
+        _, agent = _agent("variant=official", "task=cartpole-swingup-sparse", "mppi_steps=0",
+                          f"trajopt.objective_vjp={vjp}", action_dim=1)
+        _wake(agent)
+        actor, obs = agent.actor, torch.randn(1, 5)
+        assert actor.trajopt.objective_vjp == (vjp == "true")
+        assert hasattr(actor.objective(agent.model.h(obs)), "value_grad")
+        acts = [actor.act(obs + 0.1 * k, step=10**6, t0=k == 0) for k in range(3)]  # H = 3
+        out[vjp] = (torch.stack(acts), [g.clone() for g in actor._pg_acc])
+    assert torch.equal(out["true"][0], out["false"][0])
+    assert all(torch.equal(x, y) for x, y in zip(out["true"][1], out["false"][1]))
+    assert any(bool(g.abs().sum() > 0) for g in out["true"][1])
