@@ -226,6 +226,8 @@ def test_save_waits_for_a_save_or_restore_in_progress(carry, tmp_path):
     ("runs/il/pusht/state-cpu-ta1/residual_diffusion/seed0",
      "results/il/chunking/runs/pusht/state-cpu-ta1/residual_diffusion/seed0"),
     ("runs/il/pusht/beta0.01/difftop_bc/seed0", "results/il/refinement/runs/pusht/beta0.01/difftop_bc/seed0"),
+    ("runs/il/pusht/state-cpu-mechanism/difftop_bc_rnn-official/seed1",
+     "results/il/mechanism/runs/pusht/state-cpu-mechanism/difftop_bc_rnn-official/seed1"),
 ])
 def test_a_run_is_collected_into_the_folder_of_its_question(carry, tmp_path, run, dest):
     assert carry.collected(tmp_path / run) == tmp_path / dest

@@ -40,10 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CARRY = ROOT / "results" / "carry"
 RL_STEPS, IL_STEPS = 100_000, 20_000
 # IL base -> the runs (same seed) that start from it; ibc_diffusion loads IBC's weights and Diffusion
+# (and the release-loss arms of tools/run_il_mechanism.sh)
+MECHANISM_ARMS = ("default", "weighting", "official")
 DEPENDENTS = {
     "bc": ("difftop_bc", "residual_bc", "difftop_nocvae_bc"),
-    "bc_rnn": ("difftop_bc_rnn", "residual_bc_rnn", "difftop_nocvae_bc_rnn"),
-    "diffusion": ("residual_diffusion", "difftop_diffusion", "difftop_nocvae_diffusion", "ibc_diffusion"),
+    "bc_rnn": ("difftop_bc_rnn", "residual_bc_rnn", "difftop_nocvae_bc_rnn",
+               *(f"difftop_bc_rnn-{arm}" for arm in MECHANISM_ARMS)),
+    "diffusion": ("residual_diffusion", "difftop_diffusion", "difftop_nocvae_diffusion", "ibc_diffusion",
+                  *(f"difftop_diffusion-{arm}" for arm in MECHANISM_ARMS)),
     "ibc": ("ibc_diffusion",),
 }
 KEEP = ("checkpoint.pt", "buffer.npz", "config.yaml", "train.csv", "eval.csv", "val.csv")
@@ -67,6 +71,7 @@ IL_DEST = {
     "image": "il/pusht-images",                # Tables 1-2 from 96x96 pixels (issue 29), paper sizes
     "image-cpu": "il/pusht-images",            # ... il_preset=cpu
     "state-cpu-ta1": "il/chunking",            # a chunked base refined one action at a time
+    "state-cpu-mechanism": "il/mechanism",     # the release's IL loss vs difftop's (issue 31)
     "prox0.01": "il/refinement",               # why DiffTOP refines less: probes
     "beta0.01": "il/refinement",
     "probes": "il/refinement",
