@@ -5,8 +5,11 @@
 # the same command carries on where it stopped:
 #   nohup bash tools/continue.sh rl > runs/logs/rl.log 2>&1 &    # issue 31: the 50k fixed-data tests
 #   nohup bash tools/continue.sh il > runs/logs/il.log 2>&1 &    # issues 29-30: images, point clouds
-# rl: tools/run_mech50k.sh on reacher-easy, finger-spin and cartpole-swingup-sparse, checkpoint seed 1,
-#     then seeds 2-5 (results/rl/fixed-data/50k/).
+# rl: issue 31. tools/run_mech50k.sh's project-bounds rows of cartpole-swingup-sparse and reacher-easy
+#     (checkpoint seed 1: reacher-easy's null control and high dose), then tools/run_il_mechanism.sh on
+#     the BC-RNN base (the release's IL loss vs difftop's, seeds 0-2; results/il/mechanism/), then every
+#     row of run_mech50k.sh on reacher-easy, finger-spin and cartpole-swingup-sparse, checkpoint seeds 1-5
+#     (results/rl/fixed-data/50k/).
 # il: the PickCube point-cloud table (BC vs DiffTOP + BC,
 #     seeds 0-2, relative joint targets, 8-action chunks; results/il/pointcloud/), the Push-T image table's
 #     BC rows (results/il/pusht-images/), the Square image table (results/il/robomimic-images/),
@@ -54,6 +57,8 @@ for seed in 1 2 3; do
 done
 case ${1:-} in
   rl)
+    BOUNDS=project bash tools/run_mech50k.sh "cartpole-swingup-sparse reacher-easy" 1
+    bash tools/run_il_mechanism.sh bc_rnn "0 1 2"
     for seed in 1 2 3 4 5; do
       bash tools/run_mech50k.sh "cartpole-swingup-sparse reacher-easy finger-spin" "$seed"
     done ;;
