@@ -33,6 +33,8 @@ ROWS = {  # row name -> agent overrides
     "difftop (online PG, qs_horizon=1)": {"agent": "difftop", "pg_mode": "online", "qs_horizon": 1},
     "difftop (online PG, qs_horizon=all)": {"agent": "difftop", "pg_mode": "online", "qs_horizon": None},
     "difftop_noback": {"agent": "difftop_noback"},
+    # the release's DiffTOP (configs/variant/official.yaml, its per-task LM settings) after its MPPI warm-up
+    "difftop (official)": {"agent": "difftop", "variant": "official"},
 }
 
 
@@ -48,6 +50,11 @@ def preset_config(rl_preset: str) -> DictConfig:
         names = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise UserError(f"unknown rl_preset {rl_preset!r}; choose one of: {', '.join(names)}")
     return OmegaConf.merge(base, OmegaConf.load(path))
+
+
+def _variant(name: str) -> DictConfig:
+    """configs/variant/<name>.yaml (a Hydra group packaged at the top level) as a plain config."""
+    return OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "variant" / f"{name}.yaml")
 
 
 def main(cfg: DictConfig) -> dict:
@@ -84,8 +91,12 @@ def main(cfg: DictConfig) -> dict:
     agents = {}
     for name in rows:
         torch.manual_seed(cfg.seed)
-        agents[name] = make_agent(resolve_config(OmegaConf.merge(rcfg, ROWS[name])), obs_shape, m,
-                                  rcfg.device)
+        row = OmegaConf.create(ROWS[name])
+        if row.get("variant") == "official":  # what `variant=official` composes (the task's action repeat
+            # stays the buffer's), with the command line's overrides on top
+            row = OmegaConf.merge(_variant("official"), row, OmegaConf.from_dotlist(list(cfg.overrides)))
+            row.action_repeat = rcfg.action_repeat
+        agents[name] = make_agent(resolve_config(OmegaConf.merge(rcfg, row)), obs_shape, m, rcfg.device)
     step = 10**6  # schedules at their end values: full horizon
     times: dict[str, list[float]] = {r: [] for r in rows}
     for rnd in range(cfg.warmup + cfg.rounds):

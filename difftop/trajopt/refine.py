@@ -56,7 +56,8 @@ def lm_refine(objective: Callable[[Tensor], Tensor], x0: Tensor, box: Box, *, ma
     x = x0.detach().reshape(B, -1)
     status = torch.zeros(B, dtype=torch.long, device=x.device)
     best_x, best_r, best_G = x.clone(), None, None
-    first_graph = max_iters - backward_iters if graph else max_iters + 1
+    # (fewer iterations than backward_iters: every one is differentiated)
+    first_graph = max(0, max_iters - backward_iters) if graph else max_iters + 1
 
     own = getattr(objective, "value_grad", None) if fast else None
 

@@ -17,7 +17,8 @@ def test_bench_rl_writes_a_table(tmp_path, capsys):
     assert "ratio vs TD-MPC" in out and "rl_preset=quick" in out
     with open(tmp_path / "rl_t.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["row"] for r in rows][0] == "tdmpc" and len(rows) == 6
+    assert [r["row"] for r in rows][0] == "tdmpc" and len(rows) == 7
+    assert rows[-1]["row"] == "difftop (official)"
     assert float(rows[0]["ratio_vs_tdmpc"]) == 1.0
     assert all(float(r["env_steps_per_s"]) > 0 for r in rows)
 

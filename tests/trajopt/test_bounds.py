@@ -165,6 +165,19 @@ def test_lm_refine_truncated_is_the_release_iteration():
     assert info.backward == "none" and torch.equal(a_ng, a)
 
 
+def test_lm_refine_with_fewer_iterations_than_backward_iters_differentiates_them_all():
+    """max_iters < backward_iters (say a quick preset's 3 iterations with the release's 5) used to raise
+    inside autograd ("One of the differentiated Tensors does not require grad"): every iteration is then
+    differentiated, as an unrolled backward would."""
+    Q, c, w, init = _problem(5)
+    kw = {"max_iters": 3, "step_size": 1e-3, "damping": 0.01}
+    truncated = TrajOpt(solver="lm_refine", backward="truncated", backward_iters=5, **kw)
+    g, a, _ = _autograd(truncated, Q, c, w, init)
+    g_un, a_un, _ = _autograd(TrajOpt(solver="lm_refine", backward="unroll", **kw), Q, c, w, init)
+    assert torch.equal(a, a_un) and bool(g.abs().sum() > 0)
+    torch.testing.assert_close(g, g_un, rtol=1e-12, atol=0)
+
+
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="unknown bounds"):
         TrajOpt(bounds="clip")
