@@ -55,7 +55,7 @@ def latent_objective(z0: Tensor, dynamics: Fn, reward: Fn, terminal: Fn | None =
     parameter of the three functions.
     state_value(z) -> (B,) or (B, 1), instead of `terminal`: a value of the latent after the last
       action, every action rewarded (TD-MPC's estimate_value with V(z) = min Q(z, pi(z)): the release's
-      `terminal=pi`, `difftop.nn.vjp.PiValue`), summed in estimate_value's order.
+      `terminal=pi`, `difftop.nn.vjp.PiValue`); bit for bit estimate_value's with per-step rewards.
     batch_rewards: evaluate the reward once on the rollout's (z_t, a_t) pairs stacked along the
       batch, instead of once per step; the reward must then be row-wise (any leading batch size,
       no per-sample tensor of shape (B, ...) inside). Same values to rounding; at batch 1 an
