@@ -13,7 +13,8 @@
 # il: the PickCube point-cloud table (BC vs DiffTOP + BC,
 #     seeds 0-2, relative joint targets, 8-action chunks; results/il/pointcloud/), the Push-T image table's
 #     BC rows (results/il/pusht-images/), the Square image table (results/il/robomimic-images/),
-#     Push-T's Diffusion rows, then ToolHang and Transport (demos, BC and DiffTOP + BC on seed 0).
+#     Push-T's Diffusion rows, ToolHang and Transport (demos, BC and DiffTOP + BC on seed 0), then the
+#     MetaWorld table (Diffusion vs DiffTOP + Diffusion, 3 tasks x 3 seeds; results/il/pointcloud/).
 # The finished campaigns of issues 4 and 5 (results/rl/states/, results/il/pusht-states/) are the lanes
 # rl-states and il-states (all their runs are collected, so they only skip).
 # then `bash tools/collect.sh` copies the CSVs into results/ and redraws tables and curves, and before
@@ -68,7 +69,8 @@ case ${1:-} in
     bash tools/run_il_robomimic.sh square "bc difftop_bc diffusion difftop_diffusion" "0 1 2"
     OBS=image OMP_NUM_THREADS=1 bash tools/run_il_pusht_state.sh "diffusion difftop_diffusion" "0 1 2" cpu
     bash tools/run_il_robomimic.sh toolhang "bc difftop_bc" 0
-    bash tools/run_il_robomimic.sh transport "bc difftop_bc" 0 ;;
+    bash tools/run_il_robomimic.sh transport "bc difftop_bc" 0
+    bash tools/run_il_metaworld.sh "assembly shelf-place stick-pull" "0 1 2" ;;
   rl-states)
     for run in "${RL_RUNS[@]}"; do rl $run; done ;;  # $run splits into task agent seed
   il-states)
