@@ -39,6 +39,7 @@ import argparse
 import copy
 import csv
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -268,12 +269,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out.with_suffix(".csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
             w.writeheader()
             w.writerows(rows)
         args.out.with_suffix(".md").write_text(text + "\n")
         args.out.with_suffix(".partial.jsonl").unlink(missing_ok=True)
     return 0
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, short (e.g. "AMD EPYC 9R14", "Intel Xeon @ 2.80GHz"): a seed's two arms run
+    on one machine, but a row resumed across machines mixes CPUs, and the same seed's arm A differed by 78
+    between two of them (results/rl/mechanism.md), so each row says where it ran."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    for noise in ("(R)", "(TM)", "Processor", "processor", "CPU", "  "):
+        name = name.replace(noise, " " if noise == "  " else "")
+    return " ".join(name.split()) or "unknown"
 
 
 class _Partial:
@@ -325,7 +344,8 @@ def report(args, partial: _Partial | None = None) -> tuple[str, list[dict]]:
             ref = evaluate_solve(_arm(cfg, state, buffer, "none"), evals, args.episodes, step, args.eval_seed)
             start = {"seed": "start", "return_A": float(ref["returns"].mean()),
                      "return_B": float(ref["returns"].mean()), "diff": 0.0, "J_A": ref["J"], "J_B": ref["J"],
-                     "gap_A": ref["gap"], "gap_B": ref["gap"], "pg_steps": 0, "pg_grad_norm": float("nan")}
+                     "gap_A": ref["gap"], "gap_B": ref["gap"], "pg_steps": 0, "pg_grad_norm": float("nan"),
+                     "cpu": cpu_name()}
             partial.add(start)
         rows = [start]
         for k in range(args.seeds):
@@ -341,7 +361,7 @@ def report(args, partial: _Partial | None = None) -> tuple[str, list[dict]]:
             rows.append({"seed": k, "return_A": float(ea["returns"].mean()),
                          "return_B": float(eb["returns"].mean()),
                          "diff": float((eb["returns"] - ea["returns"]).mean()), "J_A": ea["J"],
-                         "J_B": eb["J"], "gap_A": ea["gap"], "gap_B": eb["gap"], **pg})
+                         "J_B": eb["J"], "gap_A": ea["gap"], "gap_B": eb["gap"], **pg, "cpu": cpu_name()})
             partial.add(rows[-1])
             # a long probe (minutes per seed): one line per finished seed, so a log shows how far it got
             print(f"seed {k + 1}/{args.seeds}: return A {rows[-1]['return_A']:.1f}, "
@@ -357,11 +377,11 @@ def report(args, partial: _Partial | None = None) -> tuple[str, list[dict]]:
              f"{cfg.trajopt.get('bounds', 'project')}), {args.episodes} eval episodes from env seed "
              f"{args.eval_seed}; {time.perf_counter() - t0:.0f} s",
              "", "| seed | return A (model losses) | return B (+ PG) | B - A | J A | J B | J - G A | J - G B "
-             "| PG steps | PG grad norm |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+             "| PG steps | PG grad norm | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:  # (rows kept from a partial file written before the CPU was recorded: "?")
         lines.append(f"| {r['seed']} | {r['return_A']:.2f} | {r['return_B']:.2f} | {_fmt(r['diff'])} | "
                      f"{r['J_A']:.3f} | {r['J_B']:.3f} | {r['gap_A']:+.3f} | {r['gap_B']:+.3f} | "
-                     f"{r['pg_steps']} | {r['pg_grad_norm']:.3g} |")
+                     f"{r['pg_steps']} | {r['pg_grad_norm']:.3g} | {r.get('cpu', '?')} |")
     lines += ["", f"B - A over {len(d)} seeds: mean {_fmt(d.mean())}, 95% bootstrap CI [{_fmt(lo)}, "
               f"{_fmt(hi)}], B > A in {int((d > 0).sum())}, B = A in {int((d == 0).sum())}"]
     return "\n".join(lines), rows

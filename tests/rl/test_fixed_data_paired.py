@@ -107,3 +107,36 @@ def test_an_interrupted_probe_resumes_from_its_finished_seeds(run, tmp_path, mon
     assert calls == [1]  # seed 0 (and the start row) came from the partial file
     assert out.with_suffix(".csv").read_text() == clean.with_suffix(".csv").read_text()
     assert not out.with_suffix(".partial.jsonl").exists()
+
+
+def test_each_row_says_which_cpu_it_ran_on_also_when_resumed_across_machines(run, tmp_path, monkeypatch):
+    """A row resumed from a partial file written on another machine (or before the CPU was recorded) keeps
+    its own CPU ("?" if unknown); the table and the CSV show it per row."""
+    import json
+
+    from difftop.diagnostics import fixed_data_paired as fdp
+
+    args = [run, "--updates", "1", "--seeds", "2", "--episodes", "1", "--set", TANH]
+    out = tmp_path / "mixed"
+    real = fdp.run_arms
+
+    def cut(*a, **kw):
+        if kw["seed"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fdp, "run_arms", cut)
+    with pytest.raises(KeyboardInterrupt):
+        fdp.main([*args, "--out", str(out)])
+    part = out.with_suffix(".partial.jsonl")
+    recs = [json.loads(line) for line in part.read_text().splitlines()]
+    assert [r["row"]["cpu"] for r in recs] == [fdp.cpu_name()] * 2  # start and seed 0
+    del recs[1]["row"]["cpu"]  # seed 0 as an older partial file wrote it
+    part.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    monkeypatch.setattr(fdp, "run_arms", real)
+    assert fdp.main([*args, "--out", str(out)]) == 0
+    table = out.with_suffix(".md").read_text()
+    assert "| CPU |" in table and table.count(f"| {fdp.cpu_name()} |") == 2 and "| ? |" in table
+    with open(out.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["cpu"] for r in rows] == [fdp.cpu_name(), "", fdp.cpu_name()]
