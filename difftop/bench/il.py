@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -34,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.errors import UserError
+from difftop.utils.machine import cpu_name
 
 PARTS = ("data", "normalise", "crop", "conv", "points", "solve", "other_forward", "backward", "optimizer")
 BASED = ("residual", "difftop")  # policies trained on a frozen base here
@@ -270,7 +270,7 @@ def main(cfg: DictConfig) -> dict:
     header = (f"# bench il: {cfg.task} ({cfg.obs}, {big or 'no images or point clouds'}), "
               f"il_preset={cfg.il_preset}, "
               f"batch {any_row.cfg.batch_size}, threads {torch.get_num_threads()}, "
-              f"{platform.processor() or platform.machine()}, load average {load0:.1f} -> "
+              f"{cpu_name()}, load average {load0:.1f} -> "
               f"{os.getloadavg()[0]:.1f}")
     notes = [f"Medians of {table[0]['n']} steps per policy after {cfg.warmup} warm-up round(s); parts are "
              f"process CPU time. `vs base`: steps/s relative to the base's ({cfg.base}) own training."]

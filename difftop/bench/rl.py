@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from difftop.errors import UserError
 from difftop.rl.difftop_agent import make_agent
 from difftop.rl.replay import ReplayBuffer
 from difftop.rl.trainer import resolve_config
+from difftop.utils.machine import cpu_name
 
 ROWS = {  # row name -> agent overrides
     "tdmpc": {"agent": "tdmpc"},
@@ -121,7 +121,7 @@ def main(cfg: DictConfig) -> dict:
                       "ratio_vs_tdmpc": (ref / med) if ref else float("nan"), "n": len(times[name])})
     header = (f"# bench rl: {rcfg.task} ({rcfg.obs}), rl_preset={cfg.rl_preset}, batch {rcfg.batch_size}, "
               f"mlp {rcfg.mlp_dim}, action repeat {rcfg.action_repeat}, threads {torch.get_num_threads()}, "
-              f"{platform.processor() or platform.machine()}"
+              f"{cpu_name()}"
               + (f", {torch.cuda.get_device_name(rcfg.device)}" if rcfg.device.startswith("cuda") else ""))
     lines = [header, "", "| agent | ms / agent step | env steps / s | ratio vs TD-MPC |", "|---|---|---|---|"]
     for r in table:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftop.bench.problem import PlanningProblem, official_problem
 from difftop.trajopt import TrajOpt
+from difftop.utils.machine import cpu_name
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -217,7 +218,7 @@ def _save(cfg: DictConfig, results: list[dict], ratios: list[dict]) -> None:
         wr.writerows(results)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "python": platform.python_version(),
-           "machine": platform.machine(), "processor": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "machine": platform.machine(), "processor": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
     lines = [f"# difftop bench trajopt{cfg.tag}", "",
              f"{env['date']}, torch {env['torch']}, {env['threads']} thread(s), {env['processor']}, "
              f"dtype {cfg.dtype}, median of n timed runs after {cfg.warmup} warm-up runs. "
@@ -246,13 +247,3 @@ def _save(cfg: DictConfig, results: list[dict], ratios: list[dict]) -> None:
                                                 "results": results, "ratios": ratios}, indent=1))
     print("\n".join(lines))
     print(f"\nsaved {stem}.md, .csv, .json")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"

@@ -31,11 +31,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftop.bench.family import INITS, FamilyProblem, Spec, build, draw, trained_specs
-from difftop.bench.trajopt import _cpu_name, _time_interleaved
+from difftop.bench.trajopt import _time_interleaved
 from difftop.trajopt import TrajOpt
 from difftop.trajopt.box import Box
 from difftop.trajopt.evaluate import Problem
 from difftop.trajopt.solvers import run_solver
+from difftop.utils.machine import cpu_name
 
 #: J "not worse" than the reference when within this fraction of max(1, |J_ref|) (float32 rounding of J)
 J_SLACK = 1e-5
@@ -286,7 +287,7 @@ def _save(cfg: DictConfig, family: list[Spec], results: list[dict], tuned: list[
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"trajopt_family_{cfg.split}{cfg.tag}"
     summ = summary(results)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "processor": _cpu_name(),
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "processor": cpu_name(),
            "date": time.strftime("%Y-%m-%d %H:%M")}
     lines = [f"# difftop bench trajopt-family, split {cfg.split}", "",
              f"{env['date']}, torch {env['torch']}, {env['threads']} thread(s), {env['processor']}, float32, "

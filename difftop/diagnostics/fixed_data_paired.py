@@ -39,7 +39,6 @@ import argparse
 import copy
 import csv
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from difftop.diagnostics._stats import bootstrap_ci
 from difftop.errors import UserError
 from difftop.rl.tdmpc import Agent, clipped_step, upgrade_state
 from difftop.utils.checkpoint import CheckpointError, load_checkpoint
+from difftop.utils.machine import cpu_name
 
 __all__ = ["load_run", "pg_step", "run_arms", "evaluate_solve", "main"]
 
@@ -277,24 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_name() -> str:
-    """This machine's CPU model, short (e.g. "AMD EPYC 9R14", "Intel Xeon @ 2.80GHz"): a seed's two arms run
-    on one machine, but a row resumed across machines mixes CPUs, and the same seed's arm A differed by 78
-    between two of them (results/rl/mechanism.md), so each row says where it ran."""
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    for noise in ("(R)", "(TM)", "Processor", "processor", "CPU", "  "):
-        name = name.replace(noise, " " if noise == "  " else "")
-    return " ".join(name.split()) or "unknown"
-
-
 class _Partial:
     """Finished seeds of an interrupted probe (``<out>.partial.jsonl``, one JSON row per line), so that a
     rerun with the same arguments skips them: a trainer-dose row takes over an hour of 2-core CPU per seed,
@@ -378,7 +360,9 @@ def report(args, partial: _Partial | None = None) -> tuple[str, list[dict]]:
              f"{args.eval_seed}; {time.perf_counter() - t0:.0f} s",
              "", "| seed | return A (model losses) | return B (+ PG) | B - A | J A | J B | J - G A | J - G B "
              "| PG steps | PG grad norm | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:  # (rows kept from a partial file written before the CPU was recorded: "?")
+    # each row's CPU: a row resumed across machines mixes them, and the same seed's arm A differed by 78
+    # between two (results/rl/mechanism.md); "?": kept from a partial file written before it was recorded
+    for r in rows:
         lines.append(f"| {r['seed']} | {r['return_A']:.2f} | {r['return_B']:.2f} | {_fmt(r['diff'])} | "
                      f"{r['J_A']:.3f} | {r['J_B']:.3f} | {r['gap_A']:+.3f} | {r['gap_B']:+.3f} | "
                      f"{r['pg_steps']} | {r['pg_grad_norm']:.3g} | {r.get('cpu', '?')} |")
